@@ -67,7 +67,9 @@ def resolve(name_or_path, short_names: dict, patterns: list[str]) -> Path:
         return path
     name = str(name_or_path)
     repo = short_names.get(name.lower(), name)
-    looks_like_id = repo.count("/") == 1 and not repo.startswith((".", "/", "~")) and not path.suffix
+    # (a hub id may contain dots, "Qwen/Qwen3-0.6B", so a file suffix says nothing; a short name is always one)
+    looks_like_id = name.lower() in short_names or (
+        repo.count("/") == 1 and not repo.startswith((".", "/", "~")) and not path.exists())
     if not looks_like_id:
         known = ", ".join(short_names)
         raise NanoaudioError(f"{name}: no such folder, and not a known name ({known}) or a hub id (owner/name)")
@@ -205,3 +207,40 @@ def convert_bin_to_safetensors(folder: Path) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, tmp)
     os.replace(tmp, out)
     return out
+
+
+# -----------------------------------------------------------------------------
+# atomic folders: a crash never leaves a half-written checkpoint
+
+
+class atomic_dir:
+    """`with atomic_dir(path) as tmp:` write everything into tmp; on success tmp replaces path in one rename.
+
+    An existing `path` is moved aside first and deleted only after the new folder is in place, so at every
+    instant either the old or the new complete checkpoint exists. On an exception tmp is removed.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        import shutil
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+        return False

@@ -58,11 +58,16 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * x.to(dtype)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """RMSNorm(x); with a residual (pre-norm decoder blocks) returns (RMSNorm(x + residual), x + residual)."""
     if use_kernels(x):
-        from kernels.rmsnorm import rms_norm as rms_norm_triton
+        from kernels.rmsnorm import MAX_N, rms_norm as rms_norm_triton
 
-        return rms_norm_triton(x, weight, eps)
+        if x.shape[-1] <= MAX_N:  # the kernel keeps a whole row in registers; longer rows fall through
+            return rms_norm_triton(x, weight, eps, residual)
+    if residual is not None:
+        x = x + residual  # the new residual stream, in the activation dtype
+        return rms_norm_reference(x, weight, eps), x
     return rms_norm_reference(x, weight, eps)
 
 
@@ -74,8 +79,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return rms_norm(x, self.weight, self.eps, residual)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -132,7 +137,8 @@ def attention(q, k, v, causal=True, softmax_scale=None, kv_lens=None, mask=None)
     key mask (left padding in batched generation) takes the PyTorch path.
     """
     if mask is None and use_kernels(q):
-        from kernels.flash_attention import flash_attention
+        from kernels.flash_attention import flash_attention, supports
 
-        return flash_attention(q, k, v, causal=causal, softmax_scale=softmax_scale, kv_lens=kv_lens)
+        if supports(q, k, v):  # head dims up to 256, fp16/bf16/fp32; anything else falls through to PyTorch
+            return flash_attention(q, k, v, causal=causal, softmax_scale=softmax_scale, kv_lens=kv_lens)
     return attention_reference(q, k, v, causal, softmax_scale, kv_lens, mask)

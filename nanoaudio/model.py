@@ -1,0 +1,286 @@
+"""The speech recognizer: audio in, text out.
+
+    waveform (B, S) --HuBERT (frozen)--> frames (B, F, Ce) --AudioProjector--> audio tokens (B, N, Cd)
+    audio tokens --spliced into the chat prompt--> decoder --> transcript
+
+The prompt is an ordinary chat turn of the decoder's own template, e.g. for Qwen3 (non-thinking mode):
+
+    <|im_start|>user\\n[N audio embeddings]\\nTranscribe the speech to text<|im_end|>\\n
+    <|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n{transcript}<|im_end|>
+
+`build_prompt` is the ONE function that builds it, for training (with the transcript) and for inference
+(without): a prompt that differs between the two by a single token is the classic bug of these systems.
+The audio embeddings take the place of N placeholder positions; nothing about them is tokenized.
+Labels are -100 everywhere except the transcript tokens and the end-of-turn token, so the model learns to
+write the transcript and to stop, and nothing else.
+
+Checkpoint layout (one folder, written atomically, see load.atomic_dir):
+    config.json                  this ASRConfig, with the encoder/decoder hub ids or their full configs
+    model.safetensors            projector.* (+ encoder.* and decoder.* when trained from scratch)
+    adapter_config.json          LoRA adapter in the PEFT layout (when the decoder is LoRA-tuned)
+    adapter_model.safetensors
+    tokenizer.json, tokenizer_config.json
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoaudio import NanoaudioError
+from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig
+from nanoaudio.load import atomic_dir, load_state, read_json, read_tensors
+
+INSTRUCTION = "Transcribe the speech to text"
+AUDIO_MARKER = "\x00audio\x00"  # splits the rendered prompt; never reaches the tokenizer
+IGNORE = -100  # label value that cross_entropy skips
+
+# CTC vocabulary of the *-ls960-ft HuBERT checkpoints (blank = <pad> = 0, "|" = word boundary). The tiny
+# preset's encoder uses the same one, so its CTC head is shaped like the real fine-tuned checkpoints'.
+CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
+
+
+@dataclass(frozen=True)
+class ASRConfig:
+    encoder: dict  # {"name": hub id or None, "config": HF config.json dict}
+    decoder: dict  # {"name": hub id or None, "config": HF config.json dict}
+    projector: dict  # ProjectorConfig fields
+    lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} or None
+    from_scratch: bool = False  # True: encoder and decoder weights live in model.safetensors (tiny preset)
+    train_encoder: bool = False  # the tiny preset trains its encoder; real recipes freeze HuBERT
+    ctc_weight: float = 0.0  # auxiliary CTC loss on the encoder frames (tiny preset: 0.5)
+    instruction: str = INSTRUCTION
+    window_seconds: float = 30.0  # longest audio the model sees at once; sample.py chunks longer files
+    extra: dict = field(default_factory=dict)
+
+
+def ctc_targets(text: str) -> list[int]:
+    """Characters of normalized text -> CTC ids (spaces become the word boundary "|", unknown -> <unk>)."""
+    ids = {c: i for i, c in enumerate(CTC_VOCAB)}
+    return [ids["|"] if c == " " else ids.get(c, ids["<unk>"]) for c in text.upper().strip()]
+
+
+# -----------------------------------------------------------------------------
+# the prompt
+
+
+def build_prompt(tokenizer, family: str, n_audio: int, transcript: str | None = None,
+                 instruction: str = INSTRUCTION):
+    """-> (ids, audio_start, labels). ids has n_audio placeholder slots starting at audio_start.
+
+    With a transcript: ids continue with its tokens and the end-of-turn token, and labels mark exactly those
+    (-100 elsewhere). Without: ids end where the assistant starts writing (the generation prompt), and
+    labels is None. Both come from the same rendering, so inference sees exactly the training prefix.
+    """
+    user = f"{AUDIO_MARKER}\n{instruction}"
+    prompt = tokenizer.chat_prompt(family, user)  # ends with the assistant header (+ empty think block)
+    left, right = prompt.split(AUDIO_MARKER)
+    left_ids, right_ids = tokenizer.encode(left), tokenizer.encode(right)
+    ids = left_ids + [tokenizer.pad_id] * n_audio + right_ids
+    if transcript is None:
+        return ids, len(left_ids), None
+    answer = tokenizer.encode(transcript) + [tokenizer.eot_id]
+    labels = [IGNORE] * len(ids) + answer
+    return ids + answer, len(left_ids), labels
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+class ASRModel(nn.Module):
+    def __init__(self, encoder, projector, decoder, tokenizer, config: ASRConfig):
+        super().__init__()
+        self.encoder, self.projector, self.decoder = encoder, projector, decoder
+        self.tokenizer, self.config = tokenizer, config
+        self.family = {"qwen3": "qwen3", "smollm3": "smollm3", "llama": "llama3"}[decoder.config.model_type]
+        if not config.train_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.config.train_encoder:
+            self.encoder.eval()  # frozen: no dropout, ever
+        return self
+
+    # audio -> tokens ---------------------------------------------------------
+
+    def encode_audio(self, waveform, attention_mask=None):
+        """(B, S) samples -> audio tokens (B, N, Cd), token mask (B, N) bool, encoder frames, frame mask."""
+        with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
+            frames = self.encoder(waveform, attention_mask)  # (B, F, Ce)
+        if attention_mask is None:
+            attention_mask = torch.ones(waveform.shape, dtype=torch.long, device=waveform.device)
+        frame_mask = self.encoder.frame_mask(attention_mask)  # (B, F)
+        tokens, token_mask = self.projector(frames.to(self.projector_dtype), frame_mask)  # (B, N, Cd), (B, N)
+        return tokens, token_mask, frames, frame_mask
+
+    @property
+    def projector_dtype(self):
+        return next(self.projector.parameters()).dtype
+
+    def _splice(self, prompts, tokens, token_mask, left_pad: bool):
+        """Pad the per-sample prompts into a batch and put the audio tokens in their slots.
+
+        Training pads on the right (causal attention never looks at later padding, so no key mask is
+        needed); generation pads on the left so that every row's next token is at the same position.
+        """
+        B, T = len(prompts), max(len(p[0]) for p in prompts)
+        device = tokens.device
+        ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
+        labels = torch.full((B, T), IGNORE, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        slots = torch.zeros(B, T, dtype=torch.bool)
+        for b, (p_ids, start, p_labels) in enumerate(prompts):
+            off = T - len(p_ids) if left_pad else 0
+            ids[b, off:off + len(p_ids)] = torch.tensor(p_ids)
+            mask[b, off:off + len(p_ids)] = 1
+            n = int(token_mask[b].sum())
+            slots[b, off + start:off + start + n] = True
+            if p_labels is not None:
+                labels[b, off:off + len(p_ids)] = torch.tensor(p_labels)
+        ids, labels, mask, slots = ids.to(device), labels.to(device), mask.to(device), slots.to(device)
+        embeds = self.decoder.model.embed_tokens(ids)  # (B, T, Cd)
+        # valid audio tokens, row-major, fill the slots row-major: a differentiable scatter
+        audio = tokens[token_mask].to(embeds.dtype)  # (sum n_b, Cd)
+        embeds = embeds.masked_scatter(slots[..., None], audio)
+        return embeds, mask, labels
+
+    # training ------------------------------------------------------------------
+
+    def forward(self, waveform, attention_mask, transcripts: list[str]):
+        """-> dict(loss, per_sample (B,), lm_loss, ctc_loss). loss = lm_loss + ctc_weight * ctc_loss."""
+        tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
+        counts = token_mask.sum(1).tolist()
+        prompts = [build_prompt(self.tokenizer, self.family, n, t, self.config.instruction)
+                   for n, t in zip(counts, transcripts)]
+        embeds, mask, labels = self._splice(prompts, tokens, token_mask, left_pad=False)
+        # right padding: causal attention never looks at later padding, so no key mask is needed
+        h = self.decoder.hidden_states(inputs_embeds=embeds)  # (B, T, Cd)
+        # position t predicts token t+1; the vocabulary head runs only where there is a label (the LLM's
+        # logits over 150k tokens at every prompt position would be most of the activation memory)
+        targets = labels[:, 1:]  # (B, T-1)
+        where = targets != IGNORE
+        logits = self.decoder.lm_head(h[:, :-1][where]).float()  # (L, V), L = label tokens in the batch
+        nll = F.cross_entropy(logits, targets[where], reduction="none")  # (L,)
+        rows = where.nonzero()[:, 0]
+        n_labels = where.sum(1)  # (B,)
+        per_sample = torch.zeros(len(transcripts), device=nll.device).index_add(0, rows, nll) / n_labels.clamp(min=1)
+        lm_loss = nll.mean()  # mean over every label token of the batch
+        out = {"lm_loss": lm_loss, "per_sample": per_sample, "loss": lm_loss}
+        if self.config.ctc_weight > 0:
+            out["ctc_loss"] = self.ctc_loss(frames, frame_mask, transcripts)
+            out["loss"] = lm_loss + self.config.ctc_weight * out["ctc_loss"]
+        return out
+
+    def ctc_loss(self, frames, frame_mask, transcripts):
+        # CTC on the encoder's 50 frames/s, before stacking: it gives the encoder a direct, dense signal,
+        # which is what lets a from-scratch encoder learn in minutes (the tiny preset).
+        log_probs = self.encoder.ctc_logits(frames).float().log_softmax(-1)  # (B, F, V)
+        targets = [torch.tensor(ctc_targets(t), dtype=torch.long) for t in transcripts]
+        target_lens = torch.tensor([len(t) for t in targets])
+        return F.ctc_loss(log_probs.transpose(0, 1), torch.cat(targets).to(frames.device),
+                          frame_mask.sum(1).cpu(), target_lens, blank=0, reduction="mean", zero_infinity=True)
+
+    # inference -----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate_ids(self, waveform, attention_mask=None, max_new_tokens: int = 128, on_token=None):
+        """(B, S) -> list of B token-id lists (greedy, KV cache, stops at the end-of-turn token)."""
+        tokens, token_mask, _, _ = self.encode_audio(waveform, attention_mask)
+        prompts = [build_prompt(self.tokenizer, self.family, int(n), None, self.config.instruction)
+                   for n in token_mask.sum(1)]
+        embeds, mask, _ = self._splice(prompts, tokens, token_mask, left_pad=True)
+        eos = self.decoder.eos_token_ids
+        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    eos_token_id=eos, on_token=on_token)  # (B, N) new tokens only
+        result = []
+        for row in out.tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            result.append(row[:cut])
+        return result
+
+    def transcribe(self, audio, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+        """Paths or 1-D 16 kHz waveforms -> transcripts (greedy decoding with a KV cache)."""
+        from nanoaudio.audio import batch_audio, load_audio
+
+        waves = [load_audio(a) if isinstance(a, (str, Path)) else torch.as_tensor(a, dtype=torch.float32)
+                 for a in audio]
+        device = next(self.decoder.parameters()).device
+        texts = []
+        for i in range(0, len(waves), batch_size):
+            wave, mask = batch_audio(waves[i:i + batch_size])
+            for ids in self.generate_ids(wave.to(device), mask.to(device), max_new_tokens):
+                texts.append(self.tokenizer.decode(ids).strip())
+        return texts
+
+    # checkpoints -----------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What model.safetensors holds: the projector, plus everything when trained from scratch."""
+        if self.config.from_scratch:
+            sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+            sd |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items() if "lora_" not in k}
+        else:
+            sd = {}
+        sd |= {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        return sd
+
+    def save_to(self, folder: Path):
+        """Write the checkpoint files into an existing folder (use save() for the atomic version)."""
+        from safetensors.torch import save_file
+
+        from nanoaudio.lora import save_adapter
+
+        folder = Path(folder)
+        (folder / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        sd = self.trainable_state_dict()
+        # tied embeddings share storage: safetensors refuses shared tensors, so store a copy of each view
+        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, folder / "model.safetensors")
+        if self.config.lora:
+            save_adapter(self.decoder, folder, base_model_name=self.config.decoder.get("name"))
+        self.tokenizer.save(folder)
+
+    def save(self, folder):
+        with atomic_dir(folder) as tmp:
+            self.save_to(tmp)
+
+    @classmethod
+    def load(cls, folder, dtype=None, device="cpu") -> "ASRModel":
+        from nanoaudio.decoder import Decoder, load_decoder
+        from nanoaudio.encoder import HubertEncoder, load_encoder
+        from nanoaudio.lora import apply_lora, load_adapter
+        from nanoaudio.projector import AudioProjector
+        from nanoaudio.tokenizer import load_tokenizer
+
+        folder = Path(folder)
+        raw = read_json(folder / "config.json")
+        if "projector" not in raw or "decoder" not in raw:
+            raise NanoaudioError(f"{folder / 'config.json'}: not a nanoaudio checkpoint (no projector/decoder)")
+        config = ASRConfig(**raw)
+        tensors = read_tensors(folder, dtype=dtype, device=device)
+
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        if config.from_scratch:
+            with torch.device("meta"):
+                encoder = HubertEncoder(EncoderConfig.from_hf_config(config.encoder["config"]))
+                decoder = Decoder(DecoderConfig.from_hf_config(config.decoder["config"]))
+            load_state(encoder, part("encoder."), folder / "model.safetensors")
+            decoder.load_weights(part("decoder."), folder / "model.safetensors")
+        else:
+            encoder = load_encoder(config.encoder["name"], dtype=dtype, device=device)
+            decoder = load_decoder(config.decoder["name"], dtype=dtype, device=device)
+        with torch.device("meta"):
+            projector = AudioProjector(ProjectorConfig(**config.projector))
+        load_state(projector, part("projector."), folder / "model.safetensors")
+        if config.lora:
+            apply_lora(decoder, **config.lora)
+            load_adapter(decoder, folder)
+        model = cls(encoder, projector, decoder, load_tokenizer(folder), config)
+        return model.to(device).eval()

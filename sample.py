@@ -1,0 +1,231 @@
+"""
+Transcribe audio files with a nanoaudio checkpoint.
+
+    python sample.py audio.wav                       # the bundled tiny model, offline
+    python sample.py clips/ --batch-size 8 --json    # a folder, batched, one JSON object per file
+    python sample.py talk.flac --checkpoint out/qwen3-8b/last --device cuda --dtype bf16
+    cat audio.wav | python sample.py -               # from standard input
+    python sample.py audio.wav --trace               # every stage, its shape and the formula behind it
+
+Files longer than the model's window (30 s for real models) are cut into overlapping chunks whose transcripts
+are stitched where they agree, so no word is dropped or repeated at a seam.
+"""
+
+import argparse
+import io
+import json
+import sys
+import time
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import torch
+
+from nanoaudio import NanoaudioError
+
+BUNDLED = Path(__file__).resolve().parent / "nanoaudio" / "assets" / "tiny-asr"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
+OVERLAP_SECONDS = 2.0  # audio shared by consecutive chunks; long enough to hold a couple of words
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="audio files, folders (walked for audio files) or - for stdin")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder written by train.py (default: bundled tiny)")
+    p.add_argument("--batch-size", type=int, default=1, help="files per batch (padding masks keep results identical)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest transcript per chunk, in tokens")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32)")
+    p.add_argument("--window", type=float, default=None, help="seconds per chunk (default: the model's window)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
+    p.add_argument("--json", action="store_true", help="one JSON object per file: path, text, seconds, RTF")
+    p.add_argument("--trace", action="store_true", help="print every stage of the pipeline for one file")
+    return p.parse_args(argv)
+
+
+def find_audio(inputs):
+    """Expand folders into their audio files (sorted); keep files and '-' as given."""
+    for item in inputs:
+        path = Path(item)
+        if item != "-" and path.is_dir():
+            yield from sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            yield item
+
+
+def read(item):
+    from nanoaudio.audio import load_audio
+
+    if item == "-":
+        return load_audio(io.BytesIO(sys.stdin.buffer.read()))
+    return load_audio(item)
+
+
+# -----------------------------------------------------------------------------
+# long audio: overlapping windows, stitched where consecutive transcripts agree
+
+
+def chunks(wave, window_s, overlap_s, sr=16000):
+    """Start offsets of windows of window_s seconds, each overlapping the previous by overlap_s."""
+    win, hop = int(window_s * sr), int((window_s - overlap_s) * sr)
+    if len(wave) <= win:
+        return [wave]
+    starts = list(range(0, len(wave) - win + hop, hop))
+    return [wave[s:s + win] for s in starts if s < len(wave)]
+
+
+def stitch(texts):
+    """Join chunk transcripts: where the end of one and the start of the next say the same words (the
+    overlap), keep them once, cutting in the middle of the longest common run of words."""
+    words = texts[0].split() if texts else []
+    for text in texts[1:]:
+        nxt = text.split()
+        tail = words[-40:]  # the overlap is a couple of seconds: it lives in the last words
+        m = SequenceMatcher(a=tail, b=nxt[:40], autojunk=False).find_longest_match(0, len(tail), 0, min(40, len(nxt)))
+        if m.size > 0:
+            cut_a = len(words) - len(tail) + m.a + (m.size + 1) // 2
+            cut_b = m.b + (m.size + 1) // 2
+            words = words[:cut_a] + nxt[cut_b:]
+        else:
+            words += nxt
+    return " ".join(words)
+
+
+# -----------------------------------------------------------------------------
+
+
+def transcribe_batch(model, waves, args, window_s, on_token=None):
+    """Waveforms -> transcripts. Short files are batched together; long ones are chunked and stitched."""
+    from nanoaudio.audio import batch_audio
+
+    pieces, owners = [], []
+    for i, w in enumerate(waves):
+        for c in chunks(w, window_s, OVERLAP_SECONDS):
+            pieces.append(c)
+            owners.append(i)
+    texts = [[] for _ in waves]
+    device = torch.device(args.device)
+    for i in range(0, len(pieces), args.batch_size):
+        wave, mask = batch_audio(pieces[i:i + args.batch_size])
+        dtype = model.projector_dtype
+        ids = model.generate_ids(wave.to(device, dtype), mask.to(device), args.max_new_tokens, on_token=on_token)
+        for j, row in enumerate(ids):
+            texts[owners[i + j]].append(model.tokenizer.decode(row).strip())
+    return [stitch(t) for t in texts]
+
+
+def trace(model, item, wave, args):
+    """Print each stage with its shape and the formula that predicts it, and check the two agree."""
+    from nanoaudio.audio import FRAMES_PER_SECOND, SAMPLE_RATE, batch_audio
+    from nanoaudio.encoder import num_frames
+    from nanoaudio.model import build_prompt
+    from nanoaudio.projector import num_tokens
+
+    k = model.projector.config.stack
+    S = len(wave)
+    checks = []
+
+    def show(stage, value, formula, ok=None, dt=None):
+        mark = "" if ok is None else ("  [ok]" if ok else "  [MISMATCH]")
+        t = f"  ({dt * 1000:.1f} ms)" if dt is not None else ""
+        print(f"{stage:<18} {value:<34} {formula}{mark}{t}")
+        if ok is not None:
+            checks.append(ok)
+
+    print(f"trace of {item}\n")
+    show("samples", f"S = {S} ({S / SAMPLE_RATE:.2f} s)", f"{SAMPLE_RATE} samples/s, mono float32")
+    wav, mask = batch_audio([wave])
+    t0 = time.time()
+    with torch.inference_mode():
+        frames = model.encoder(wav, mask)
+    t_enc = time.time() - t0
+    F_ = frames.shape[1]
+    show("encoder frames", f"(1, {F_}, {frames.shape[2]}) {str(frames.dtype).replace('torch.', '')}",
+         f"F = conv arithmetic(S) = {num_frames(S)}  (~{FRAMES_PER_SECOND}/s: {S / SAMPLE_RATE * FRAMES_PER_SECOND:.1f})",
+         F_ == num_frames(S), t_enc)
+    n_tok = num_tokens(F_, k)
+    show("stacked frames", f"(1, {n_tok}, {k * frames.shape[2]})", f"ceil(F / k) = ceil({F_} / {k}) = {n_tok}, "
+         f"width k*Ce = {k}*{frames.shape[2]}")
+    t0 = time.time()
+    with torch.inference_mode():
+        frame_mask = model.encoder.frame_mask(mask)
+        tokens, token_mask = model.projector(frames.to(model.projector_dtype), frame_mask)
+    show("audio tokens", f"(1, {tokens.shape[1]}, {tokens.shape[2]})",
+         f"Linear(k*Ce -> Cd={model.decoder.config.hidden_size}), {FRAMES_PER_SECOND / k:.0f} tokens/s",
+         tokens.shape[1] == n_tok, time.time() - t0)
+    ids, start, _ = build_prompt(model.tokenizer, model.family, n_tok, None, model.config.instruction)
+    show("prompt tokens", f"T = {len(ids)} = {len(ids) - n_tok} text + {n_tok} audio",
+         f"audio slots at positions {start}..{start + n_tok - 1}", len(ids) - n_tok >= 0)
+    t0 = time.time()
+    out = model.generate_ids(wav, mask, args.max_new_tokens)[0]
+    dt = time.time() - t0
+    show("generated tokens", f"N = {len(out)}", f"greedy, KV cache, {len(out) / max(dt, 1e-9):.1f} tokens/s", None, dt)
+    text = model.tokenizer.decode(out).strip()
+    show("text", repr(text), f"{len(text.split())} words")
+    print(f"\nall counts match their formulas: {all(checks)}")
+    return text, all(checks)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from nanoaudio.load import parse_dtype
+    from nanoaudio.model import ASRModel
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED
+    if args.checkpoint is None:
+        print("nanoaudio: using the bundled tiny model (trained on synthetic espeak-ng speech: digit strings and "
+              "a ~300-word vocabulary; it cannot transcribe general speech). Pass --checkpoint for a real model.",
+              file=sys.stderr)
+    model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
+    window_s = args.window or model.config.window_seconds
+    items = list(find_audio(args.inputs))
+    failed = 0
+
+    if args.trace:
+        try:
+            _, ok = trace(model, items[0], read(items[0]), args)
+        except NanoaudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0 if ok else 1
+
+    # read everything that reads; report the rest and carry on
+    waves = []
+    for item in items:
+        try:
+            waves.append((item, read(item)))
+        except NanoaudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    for i in range(0, len(waves), args.batch_size):
+        group = waves[i:i + args.batch_size]
+        on_token = None
+        if args.stream:
+            def on_token(step, tok):  # stream the first file of the batch as it is decoded
+                if int(tok[0]) not in model.decoder.eos_token_ids:
+                    print(model.tokenizer.decode([int(tok[0])]), end="", flush=True)
+        t0 = time.time()
+        texts = transcribe_batch(model, [w for _, w in group], args, window_s, on_token)
+        dt = (time.time() - t0) / len(group)
+        if args.stream:
+            print(flush=True)
+        for (item, wave), text in zip(group, texts):
+            seconds = len(wave) / 16000
+            if args.json:
+                print(json.dumps({"path": item, "text": text, "audio_seconds": round(seconds, 3),
+                                  "compute_seconds": round(dt, 4), "rtf": round(dt / seconds, 5)}))
+            elif args.stream:
+                continue
+            elif len(items) > 1:
+                print(f"{item}\t{text}")
+            else:
+                print(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except NanoaudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,479 @@
+"""
+Train a nanoaudio speech recognizer: HuBERT (frozen) -> AudioProjector -> LoRA-tuned decoder.
+
+CPU, no downloads: the tiny preset synthesizes speech with espeak-ng and trains every part from scratch
+    python train.py --preset tiny --minutes 10
+
+One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder and decoder frozen):
+    python train.py --decoder smollm3-3b --data /data/LibriSpeech/train-clean-100 \\
+        --eval-data /data/LibriSpeech/dev-clean --precision bf16 --grad-checkpointing
+Several GPUs (DistributedDataParallel, one process per GPU, each on a disjoint shard of the data):
+    torchrun --nproc_per_node=8 train.py --decoder qwen3-8b --data openslr/librispeech_asr ...
+Resume exactly where a run stopped (model, optimizer, schedule, RNG and data position):
+    python train.py --resume out/tiny/last
+
+The loop is nanoGPT's: one file, top to bottom, defaults in one block.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nanoaudio import NanoaudioError
+
+# -----------------------------------------------------------------------------
+# defaults, in one block. Presets override them; flags override presets.
+DEFAULTS = dict(
+    decoder="qwen3-8b",  # the course's decoder
+    encoder="hubert-xlarge",  # the course's encoder (1280-d)
+    projector="linear",  # the course's projector; "swiglu" is its exercise
+    stack=5,  # frames stacked per audio token: 50 frames/s -> 10 tokens/s
+    data=None,
+    eval_data=None,
+    out="out/run",
+    steps=2000,
+    minutes=None,  # wall-clock budget; the LR schedule then follows elapsed time
+    batch_size=8,
+    grad_accum=1,
+    lr=1e-4,
+    weight_decay=0.01,
+    lora_r=8,  # the course: rank 8 on the attention projections
+    lora_alpha=16,
+    lora_dropout=0.05,
+    lora_targets="q_proj,k_proj,v_proj,o_proj",
+    warmup=100,
+    precision="bf16",
+    grad_checkpointing=False,
+    eval_every=500,
+    eval_samples=200,
+    save_every=500,
+    resume=None,
+    seed=1337,
+    max_audio_seconds=20.0,
+    device=None,  # cuda if available, else cpu
+    compile=False,
+    clip=1.0,
+    ctc_weight=0.0,
+    preset=None,
+)
+
+PRESETS = {
+    # Everything from scratch on CPU in minutes: a small HuBERT-style encoder with a CTC head, the
+    # AudioProjector and a small Qwen3-style decoder, on synthetic speech (see nanoaudio/tiny.py).
+    "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=16, lr=2e-3,
+                 warmup=200, precision="fp32", eval_every=1000, eval_samples=100, save_every=500,
+                 ctc_weight=0.5, max_audio_seconds=8.0, lora_r=0, weight_decay=0.0),
+    # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
+    "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
+                                 batch_size=8, grad_accum=4, lr=1e-4, warmup=500, grad_checkpointing=True),
+    "librispeech-smollm3-3b": dict(decoder="smollm3-3b", encoder="hubert-xlarge", out="out/smollm3-3b",
+                                   steps=20_000, batch_size=16, grad_accum=2, lr=1e-4, warmup=500),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    h = {
+        "decoder": "decoder LLM: qwen3-8b, smollm3-3b, qwen3-0.6b/1.7b/4b, llama-3.2-1b/3b, a folder or a hub id",
+        "encoder": "audio encoder: hubert-xlarge, hubert-large, a folder or a hub id",
+        "preset": f"named recipe ({', '.join(PRESETS)}); flags given explicitly override it",
+        "projector": "projector kind: linear (the course's) or swiglu (its exercise)",
+        "stack": "encoder frames stacked into one audio token (k)",
+        "data": "training data: LibriSpeech folder, JSONL manifest, parquet file/folder or HF dataset id",
+        "eval_data": "held-out data in the same formats, for WER",
+        "out": "output folder (checkpoints, log.jsonl, loss.png)",
+        "steps": "optimizer steps",
+        "minutes": "wall-clock budget in minutes; training stops (and saves) when it is spent",
+        "batch_size": "utterances per micro-batch (per process)",
+        "grad_accum": "micro-batches accumulated per optimizer step",
+        "lr": "peak learning rate (AdamW), reached after --warmup steps, then cosine decay to 10%%",
+        "weight_decay": "AdamW weight decay on matrices (not on norms)",
+        "lora_r": "LoRA rank (0: no LoRA)",
+        "lora_alpha": "LoRA alpha (scale alpha/r)",
+        "lora_dropout": "dropout on the LoRA branch",
+        "lora_targets": "comma-separated decoder linears to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
+        "warmup": "linear warmup steps",
+        "precision": "bf16 (autocast on CUDA, frozen weights stored in bf16) or fp32",
+        "grad_checkpointing": "recompute decoder activations in the backward pass (less memory, ~30%% slower)",
+        "eval_every": "evaluate WER every N steps (0: only at the end)",
+        "eval_samples": "held-out utterances per evaluation",
+        "save_every": "write a checkpoint every N steps",
+        "resume": "checkpoint folder to resume from exactly (e.g. out/run/last)",
+        "seed": "random seed (data order, dropout, init)",
+        "max_audio_seconds": "skip training utterances longer than this",
+        "device": "cpu, cuda, cuda:1 ... (default: cuda if available)",
+        "compile": "torch.compile the decoder",
+        "clip": "gradient-norm clipping",
+        "ctc_weight": "weight of the CTC loss on the encoder frames (needs a CTC head; the tiny preset uses 0.5)",
+    }
+    for name, default in DEFAULTS.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=h[name])
+        else:
+            kind = type(default) if default is not None else (float if name == "minutes" else str)
+            p.add_argument(flag, type=kind, default=None, help=h[name])
+    args = p.parse_args(argv)
+    # resolution order: DEFAULTS < preset < explicit flags
+    merged = dict(DEFAULTS)
+    if args.preset:
+        if args.preset not in PRESETS:
+            p.error(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+        merged |= PRESETS[args.preset]
+    merged |= {k: v for k, v in vars(args).items() if v is not None}
+    return argparse.Namespace(**merged)
+
+
+# -----------------------------------------------------------------------------
+# building the model
+
+
+def build_model(args, device):
+    from nanoaudio.config import ProjectorConfig
+    from nanoaudio.model import ASRConfig, ASRModel
+    from nanoaudio.projector import AudioProjector
+
+    if args.decoder == "tiny":
+        from nanoaudio.tiny import build_tiny
+
+        return build_tiny(args, device)
+
+    from nanoaudio.decoder import load_decoder
+    from nanoaudio.encoder import load_encoder
+    from nanoaudio.lora import apply_lora
+    from nanoaudio.tokenizer import load_tokenizer
+
+    # frozen weights in the training dtype: bf16 halves their memory, and autocast computes in bf16 anyway
+    frozen_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    encoder = load_encoder(args.encoder, dtype=frozen_dtype, device=device)
+    decoder = load_decoder(args.decoder, dtype=frozen_dtype, device=device)
+    tokenizer = load_tokenizer(decoder.source)
+    # dimensions always come from the real configs (the course's 2048 for Qwen3-8B is wrong: 4096)
+    pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=encoder.config.hidden_size,
+                           decoder_dim=decoder.config.hidden_size)
+    projector = AudioProjector(pcfg).to(device)  # trained from scratch, kept in fp32 (autocast does the rest)
+    lora = None
+    if args.lora_r > 0:
+        lora = dict(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                    targets=tuple(args.lora_targets.split(",")))
+        apply_lora(decoder, **lora)
+        for mod in decoder.modules():  # LoRA weights train in fp32; the frozen base stays in frozen_dtype
+            if hasattr(mod, "lora_A"):
+                mod.lora_A.float(), mod.lora_B.float()
+    else:
+        decoder.requires_grad_(False)
+    decoder.gradient_checkpointing = args.grad_checkpointing
+    config = ASRConfig(
+        encoder={"name": encoder.source, "config": encoder.config.to_hf_config()},
+        decoder={"name": decoder.source, "config": decoder.config.to_hf_config()},
+        projector=dataclasses.asdict(pcfg), lora=lora, ctc_weight=args.ctc_weight,
+    )
+    return ASRModel(encoder, projector, decoder, tokenizer, config)
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def build_data(args, model, rank, world):
+    from nanoaudio.data import Batches, open_dataset
+
+    if args.decoder == "tiny" and args.data is None:
+        from nanoaudio.tiny import tiny_data
+
+        args.data, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed)
+    if args.data is None:
+        raise NanoaudioError("no training data: pass --data (LibriSpeech folder, JSONL manifest, parquet, dataset id)")
+    train = Batches(open_dataset(args.data), batch_size=args.batch_size, seed=args.seed, rank=rank,
+                    world_size=world, max_seconds=args.max_audio_seconds)
+    evals = {}
+    for spec in (args.eval_data.split(",") if args.eval_data else []):
+        evals[Path(spec).stem] = open_dataset(spec)
+    return train, evals
+
+
+def to_device(batch, device):
+    from nanoaudio.audio import batch_audio
+
+    wave, mask = batch_audio([ex.audio for ex in batch])
+    return wave.to(device), mask.to(device), [ex.text for ex in batch]
+
+
+@torch.no_grad()
+def evaluate(model, dataset, n, batch_size, device):
+    """Greedy transcripts of the first n utterances -> (WER, [(reference, hypothesis), ...])."""
+    from nanoaudio.text import normalize_text, wer
+
+    refs, hyps, batch = [], [], []
+    model.eval()
+    examples = [ex for _, ex in zip(range(n), dataset)]
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i:i + batch_size]
+        hyps += model.transcribe([ex.audio for ex in batch], batch_size=batch_size)
+        refs += [ex.text for ex in batch]
+    model.train()
+    refs, hyps = [normalize_text(r) for r in refs], [normalize_text(h) for h in hyps]
+    return wer(refs, hyps), list(zip(refs, hyps))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: model files + optimizer/schedule/RNG/data position, written atomically
+
+
+def save_checkpoint(folder, model, optimizer, step, train_batches, log):
+    from safetensors.torch import save_file
+
+    from nanoaudio.load import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        model.save_to(tmp)
+        # optimizer tensors go to safetensors (no pickle); the rest is JSON
+        opt = optimizer.state_dict()
+        tensors, state = {}, {}
+        for pid, st in opt["state"].items():
+            state[pid] = {}
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                    state[pid][k] = "tensor"
+                else:
+                    state[pid][k] = v
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, tmp / "optimizer.safetensors")
+        trainer = {
+            "step": step, "param_groups": opt["param_groups"], "state": state,
+            "rng_python": random.getstate()[1], "rng_numpy": np.random.get_state()[1].tolist(),
+            "data": train_batches.state_dict(), "log_tail": log[-5:],
+        }
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer))
+
+
+def load_trainer_state(folder, optimizer, train_batches):
+    from nanoaudio.load import read_json, read_tensors
+
+    folder = Path(folder)
+    trainer = read_json(folder / "trainer_state.json")
+    tensors = read_tensors_file(folder / "optimizer.safetensors")
+    state = {int(pid): {k: (tensors[f"{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
+             for pid, st in trainer["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    random.setstate((3, tuple(trainer["rng_python"]), None))
+    np.random.set_state(("MT19937", np.array(trainer["rng_numpy"], dtype=np.uint32), 624, 0, 0.0))
+    train_batches.load_state_dict(trainer["data"])
+    return trainer["step"]
+
+
+def read_tensors_file(path):
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise NanoaudioError(f"{path}: missing (not a training checkpoint?)")
+    return load_file(path)
+
+
+# -----------------------------------------------------------------------------
+# the schedule: linear warmup, then cosine decay to 10% of the peak over the run. The run's progress is
+# steps done / --steps, or the fraction of --minutes spent, whichever is further along.
+
+
+def lr_at(step, progress, warmup, peak):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # distributed: torchrun sets RANK/WORLD_SIZE; gloo on CPU, nccl on GPU
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if ddp:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    torch.manual_seed(args.seed)  # same init on every rank; data differs by shard
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    out = Path(args.out)
+
+    if args.resume:
+        from nanoaudio.model import ASRModel
+
+        model = ASRModel.load(args.resume, device=device)
+        model.decoder.gradient_checkpointing = args.grad_checkpointing
+        # everything save_to wrote is trainable; the rest stays frozen
+        model.requires_grad_(False)
+        model.projector.requires_grad_(True)
+        if model.config.from_scratch:
+            model.decoder.requires_grad_(True)
+            model.encoder.requires_grad_(model.config.train_encoder)
+        for n, p in model.decoder.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(True)
+    else:
+        model = build_model(args, device)
+    model.to(device).train()
+    train_batches, evals = build_data(args, model, rank, world)
+
+    from nanoaudio.budget import estimate_for_model, format_budget
+
+    budget = estimate_for_model(model, batch_size=args.batch_size, audio_seconds=args.max_audio_seconds,
+                                precision=args.precision, grad_checkpointing=args.grad_checkpointing)
+    if master:
+        print(format_budget(budget))
+    if device.type == "cuda":
+        free = torch.cuda.get_device_properties(device).total_memory
+        if budget.total_bytes > free:
+            raise NanoaudioError(f"estimated {budget.total_bytes / 2**30:.1f} GiB exceeds {device}'s "
+                                 f"{free / 2**30:.1f} GiB: lower --batch-size, add --grad-checkpointing or pick a "
+                                 f"smaller --decoder")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
+                                  fused=device.type == "cuda")
+    step = load_trainer_state(args.resume, optimizer, train_batches) if args.resume else 0
+
+    train_model = model
+    if ddp:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        model.decoder = torch.compile(model.decoder)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.precision == "bf16"
+                else contextlib.nullcontext())
+
+    # Ctrl-C: finish the current step, save, exit
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+
+    from tqdm import tqdm
+
+    log, t_start, audio_seconds = [], time.time(), 0.0
+    budget_s = args.minutes * 60 if args.minutes else None
+    total = args.steps
+    bar = tqdm(total=total, initial=step, disable=not master, dynamic_ncols=True)
+    out.mkdir(parents=True, exist_ok=True)
+    batches = iter(train_batches)
+    while step < total and not stop["now"]:
+        elapsed = time.time() - t_start
+        if budget_s and elapsed >= budget_s:
+            break
+        progress = max(step / total, elapsed / budget_s if budget_s else 0.0)
+        lr = lr_at(step, progress, args.warmup, args.lr)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        t0 = time.time()
+        loss_sum, n_audio = 0.0, 0.0
+        for micro in range(args.grad_accum):
+            batch = next(batches)
+            wave, mask, texts = to_device(batch, device)
+            n_audio += sum(ex.seconds for ex in batch)
+            sync = contextlib.nullcontext() if (not ddp or micro == args.grad_accum - 1) else train_model.no_sync()
+            with sync, autocast:
+                outd = train_model(wave, mask, texts)
+                loss = outd["loss"] / args.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        audio_seconds += n_audio
+        rec = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+               "audio_s_per_s": n_audio * world / (time.time() - t0), "time": time.time() - t_start}
+        if "ctc_loss" in outd:
+            rec["lm_loss"], rec["ctc_loss"] = outd["lm_loss"].item(), outd["ctc_loss"].item()
+        log.append(rec)
+        if master:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", gnorm=f"{grad_norm:.2f}",
+                            audio=f"{rec['audio_s_per_s']:.0f}s/s")
+            bar.update(1)
+            if args.eval_every and step % args.eval_every == 0:
+                run_evals(model, evals, args, device, step, out)
+            if args.save_every and step % args.save_every == 0:
+                save_checkpoint(out / "last", model, optimizer, step, train_batches, log)
+    bar.close()
+    if master:
+        save_checkpoint(out / "last", model, optimizer, step, train_batches, log)
+        results = run_evals(model, evals, args, device, step, out)
+        plot_loss(out)
+        skipped = train_batches.skipped_report() if hasattr(train_batches, "skipped_report") else None
+        summary = {"step": step, "minutes": (time.time() - t_start) / 60, "audio_hours": audio_seconds / 3600,
+                   "wer": results, "skipped": skipped}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"done: {step} steps in {summary['minutes']:.1f} min; checkpoint {out / 'last'}; WER {results}")
+        if skipped:
+            print(f"skipped files: {skipped}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+def run_evals(model, evals, args, device, step, out):
+    results = {}
+    for name, dataset in evals.items():
+        w, pairs = evaluate(model, dataset, args.eval_samples, args.batch_size, device)
+        results[name] = round(w, 4)
+        print(f"\nstep {step} {name}: WER {100 * w:.2f}% on {len(pairs)} utterances")
+        for ref, hyp in pairs[:3]:
+            print(f"  ref: {ref}\n  hyp: {hyp}")
+    if results:
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "eval_wer": results}) + "\n")
+    return results
+
+
+def plot_loss(out):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no loss.png; pip install 'nanoaudio[viz]')")
+        return
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    steps = [r["step"] for r in recs if "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in recs if "loss" in r], label="loss")
+    if any("lm_loss" in r for r in recs):
+        ax.plot(steps, [r.get("lm_loss", float("nan")) for r in recs if "loss" in r], label="decoder loss", alpha=.7)
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.legend(), ax.grid(alpha=.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except NanoaudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
