@@ -58,7 +58,8 @@ def compile_one(fn, constexprs, dtype, arch, num_warps, num_stages):
     """-> (registers, spill bytes, shared memory bytes) of the cubin."""
     sig, attrs = signature(fn, constexprs, dtype)
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     regs = spills = None
     if os.path.exists(CUOBJDUMP):
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:

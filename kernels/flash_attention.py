@@ -12,16 +12,16 @@ Features
   nanoaudio.nn.attention_reference it then attends to every key (its output is padding, but it is finite).
 - Grouped-query attention (Hq a multiple of Hkv) reads each K/V head straight from memory for all its query heads;
   the dK/dV program of a K/V head loops over the group's query heads, so dK/dV are summed in registers.
-- Any Tq, Tk (masked tails), any head dim up to 256 (padded to the next power of two >= 16 with masked loads),
-  fp16/bf16 with fp32 accumulation, and fp32 (full-precision dots) for testing.
+- Any Tq, Tk (masked tails); any head dim up to 128, padded to the next power of two >= 16 with masked loads
+  (hubert-xlarge's 80 runs as 128); fp16/bf16 with fp32 accumulation, and fp32 (full-precision dots) for tests.
 - Backward in three kernels: delta = rowsum(dO * O); dK/dV (one program per key block, looping over query
   blocks); dQ (one program per query block, looping over key blocks). No atomics: results are deterministic.
 - Every loop is split in an unmasked part (full tiles, no tl.where) and a masked part (the diagonal, the padding
   and the ragged tail), so the causal mask costs only the few tiles it actually cuts.
 
 Memory traffic (why fuse). Eager attention writes S = QK^T and P = softmax(S) to HBM: with B*H = 128, T = 8192
-that is 2 * 128 * 8192^2 * 2 B = 34 GB per forward, 32x the 1.07 GB of Q, K, V and O together. Flash attention keeps each
-(BLOCK_M, BLOCK_N) tile of S and P in registers and reads K/V once per query block, so traffic is
+that is 2 * 128 * 8192^2 * 2 B = 34 GB per forward, 32x the 1.07 GB of Q, K, V and O together. Flash
+attention keeps each (BLOCK_M, BLOCK_N) tile of S and P in registers and reads K/V once per query block, so traffic is
 O(B*H*T*D * T/BLOCK_M) and the kernel is bound by tensor-core FLOPs (4*B*H*Tq*Tk*D forward, x0.5 causal), not HBM.
 The backward recomputes P from the saved logsumexp (4 bytes per row) instead of reading a T x T matrix.
 
@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is the hardware's ex2, folding log2(e) into the scale saves a multiply
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the hardware's ex2; log2(e) folds into the scale
 
 # -----------------------------------------------------------------------------
 # PyTorch reference (explicit, fp32-friendly; the definition the kernels must reproduce)
@@ -405,14 +405,14 @@ def _configs(shapes):
 # it), the dK/dV kernel a tall key tile (queries stream past; dK and dV accumulate in registers), the dQ kernel a
 # tall query tile again. The lists keep the tiles that compile for sm_80 and sm_90 (D = 64 and 128, GQA, masks)
 # with no or only a few bytes of register spills (`python -m kernels.compile_check` reports them without a GPU).
-_FWD_CONFIGS = _configs([(128, 64, 8, 3, 256), (128, 128, 8, 3, 256), (128, 128, 8, 2, 256), (128, 32, 8, 3, 256),
-                         (128, 64, 4, 3, 64), (64, 64, 4, 3, 256), (64, 32, 4, 3, 256),
-                         (16, 64, 4, 3, 256), (16, 128, 4, 3, 256)])
-_DKDV_CONFIGS = _configs([(16, 64, 8, 3, 256), (32, 64, 8, 2, 256), (32, 64, 8, 3, 256), (16, 128, 8, 2, 256),
-                          (16, 128, 8, 3, 256), (32, 128, 8, 2, 256), (32, 128, 8, 3, 64), (64, 64, 8, 3, 64),
+_FWD_CONFIGS = _configs([(128, 64, 8, 3, 128), (128, 128, 8, 3, 128), (128, 128, 8, 2, 128), (128, 32, 8, 3, 128),
+                         (128, 64, 4, 3, 64), (64, 64, 4, 3, 128), (64, 32, 4, 3, 128),
+                         (16, 64, 4, 3, 128), (16, 128, 4, 3, 128)])
+_DKDV_CONFIGS = _configs([(16, 64, 8, 3, 128), (32, 64, 8, 2, 128), (32, 64, 8, 3, 128), (16, 128, 8, 2, 128),
+                          (16, 128, 8, 3, 128), (32, 128, 8, 2, 128), (32, 128, 8, 3, 64), (64, 64, 8, 3, 64),
                           (16, 64, 4, 3, 64)])
-_DQ_CONFIGS = _configs([(128, 32, 8, 3, 256), (128, 32, 8, 4, 256), (128, 64, 8, 3, 256), (64, 64, 8, 3, 256),
-                        (64, 32, 4, 4, 256), (64, 64, 4, 3, 64), (16, 64, 4, 3, 256), (16, 32, 4, 3, 256)])
+_DQ_CONFIGS = _configs([(128, 32, 8, 3, 128), (128, 32, 8, 4, 128), (128, 64, 8, 3, 128), (64, 64, 8, 3, 128),
+                        (64, 32, 4, 4, 128), (64, 64, 4, 3, 64), (16, 64, 4, 3, 128), (16, 32, 4, 3, 128)])
 # Tq and Tk change every decode step; keying on their power-of-two buckets tunes once per bucket, not per length
 _KEY = ["TQ_BUCKET", "TK_BUCKET", "D", "GROUP", "CAUSAL", "HAS_KV_LENS"]
 
@@ -458,16 +458,16 @@ def _strides(x):
 
 
 def _common(q, k, causal, kv_lens):
-    B, Hq, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    return dict(
-        GROUP=Hq // Hkv, CAUSAL=bool(causal), HAS_KV_LENS=kv_lens is not None, D=D,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), PREC="ieee" if q.dtype == torch.float32 else "tf32",
-    )  # fmt: skip
+    # the constexpr arguments shared by the attention kernels
+    D = q.shape[3]
+    return {
+        "GROUP": q.shape[1] // k.shape[1], "CAUSAL": bool(causal), "HAS_KV_LENS": kv_lens is not None, "D": D,
+        "BLOCK_D": max(16, triton.next_power_of_2(D)), "PREC": "ieee" if q.dtype == torch.float32 else "tf32",
+    }  # fmt: skip
 
 
 def _forward(q, k, v, causal, scale, kv_lens):
-    B, Hq, Tq, D = q.shape
+    B, Hq, Tq, _ = q.shape
     Tk = k.shape[2]
     o = torch.empty_like(q)
     lse = torch.empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
@@ -479,14 +479,14 @@ def _forward(q, k, v, causal, scale, kv_lens):
 
 
 def _backward(do, q, k, v, o, lse, causal, scale, kv_lens):
-    B, Hq, Tq, D = q.shape
+    B, Hq, Tq, _ = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     common = _common(q, k, causal, kv_lens)
     kv = kv_lens if kv_lens is not None else lse
     buckets = (triton.next_power_of_2(Tq), triton.next_power_of_2(Tk))
     delta = torch.empty_like(lse)
     _attn_bwd_delta[(triton.cdiv(Tq, 64), B * Hq)](
-        o, do, delta, *_strides(o), *_strides(do), Hq, Tq, D=D, BLOCK_D=common["BLOCK_D"], BLOCK_M=64
+        o, do, delta, *_strides(o), *_strides(do), Hq, Tq, D=common["D"], BLOCK_D=common["BLOCK_D"], BLOCK_M=64
     )
     dk = torch.empty_like(k)
     dv = torch.empty_like(dk)  # same strides as dk: the kernel stores both with one set of strides
@@ -508,7 +508,7 @@ def supports(q, k, v) -> bool:
         q.dim() == 4 and k.dim() == 4 and k.shape == v.shape
         and q.shape[0] == k.shape[0] and q.shape[3] == k.shape[3] and q.shape[1] % k.shape[1] == 0
         and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and q.device == k.device == v.device and 1 <= q.shape[3] <= 256 and k.shape[2] >= 1
+        and q.device == k.device == v.device and 1 <= q.shape[3] <= 128 and k.shape[2] >= 1
     )  # fmt: skip
 
 
@@ -542,10 +542,10 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None, kv_lens=None):
     if not supports(q, k, v):
         raise ValueError(
             f"flash_attention: unsupported q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)}, v {tuple(v.shape)} "
-            "(need Hq % Hkv == 0, 1 <= D <= 256, Tk >= 1, one dtype among fp16/bf16/fp32, one device)"
+            "(need Hq % Hkv == 0, 1 <= D <= 128, Tk >= 1, one dtype among fp16/bf16/fp32, one device)"
         )
     if kv_lens is not None and kv_lens.shape != (q.shape[0],):
         raise ValueError(f"flash_attention: kv_lens {tuple(kv_lens.shape)} must be ({q.shape[0]},)")
-    if q.numel() == 0:
-        return q.new_zeros(q.shape).requires_grad_(q.requires_grad)
+    if q.numel() == 0:  # no queries: nothing to launch (clone keeps the autograd graph connected)
+        return q.clone()
     return FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, kv_lens)

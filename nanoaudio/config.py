@@ -195,3 +195,90 @@ class ProjectorConfig:
                 raise NanoaudioError(f"projector {key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise NanoaudioError(f"projector dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """HuBERT (encoder.py), read from a HubertModel/HubertForCTC config.json.
+
+    Defaults are transformers' HubertConfig defaults (hubert-base), so a config.json that omits a key means
+    what it means to transformers. Two arrangements, one flag each:
+    - base:          feat_extract_norm "group" (GroupNorm on the first conv layer only), do_stable_layer_norm
+                     false (post-LN Transformer layers, LayerNorm before the first layer);
+    - large, xlarge: feat_extract_norm "layer" (LayerNorm after every conv layer), do_stable_layer_norm true
+                     (pre-LN layers and a final LayerNorm). Both ship conv_bias true in their HF configs.
+    ctc_head: HubertForCTC's lm_head (hidden -> vocab_size characters), as in the *-ls960-ft checkpoints.
+    """
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple[int, ...] = (512, 512, 512, 512, 512, 512, 512)
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # product 320: one frame per 20 ms at 16 kHz
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    feat_proj_layer_norm: bool = True
+    do_stable_layer_norm: bool = False
+    num_conv_pos_embeddings: int = 128  # kernel width of the convolutional positional embedding
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    attention_dropout: float = 0.1  # kept for the round trip; not applied (nanoaudio.nn.attention has no dropout)
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.1  # before the CTC head
+    vocab_size: int = 32
+    ctc_head: bool = False
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    torch_dtype: str | None = None
+
+    def __post_init__(self):
+        for key in ("conv_dim", "conv_kernel", "conv_stride"):
+            object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise NanoaudioError(f"conv_dim, conv_kernel and conv_stride have different lengths "
+                                 f"({len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)})")
+        if self.feat_extract_norm not in ("group", "layer"):
+            raise NanoaudioError(f"feat_extract_norm {self.feat_extract_norm!r} is not supported (group or layer)")
+        if self.hidden_size % self.num_attention_heads:
+            raise NanoaudioError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                                 f"{self.num_attention_heads}")
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            raise NanoaudioError(f"hidden_size {self.hidden_size} is not a multiple of "
+                                 f"num_conv_pos_embedding_groups {self.num_conv_pos_embedding_groups}")
+
+    @classmethod
+    def from_hf_config(cls, d: dict, source="config.json") -> "EncoderConfig":
+        if d.get("model_type", "hubert") != "hubert":
+            raise NanoaudioError(f"{source}: model_type {d.get('model_type')!r} is not hubert")
+        for key in ("hidden_act", "feat_extract_activation"):
+            if d.get(key, "gelu") != "gelu":
+                raise NanoaudioError(f"{source}: {key} {d[key]!r} is not supported (only gelu)")
+        # variants transformers' Hubert code has and no published HuBERT checkpoint uses
+        for key in ("conv_pos_batch_norm", "add_adapter", "adapter_attn_dim", "use_weighted_layer_sum"):
+            if d.get(key):
+                raise NanoaudioError(f"{source}: {key}={d[key]!r} is not supported")
+        fields = {f: d[f] for f in cls.__dataclass_fields__ if f in d and d[f] is not None}
+        fields.pop("ctc_head", None)
+        fields["ctc_head"] = "HubertForCTC" in (d.get("architectures") or [])
+        dtype = d.get("torch_dtype", d.get("dtype"))  # transformers 5 renamed torch_dtype to dtype
+        fields["torch_dtype"] = dtype if isinstance(dtype, str) else None
+        try:
+            return cls(**fields)
+        except (NanoaudioError, TypeError, ValueError) as e:
+            raise NanoaudioError(f"{source}: {e}") from None
+
+    def to_hf_config(self) -> dict:
+        """A config.json that from_hf_config and transformers' HubertModel/HubertForCTC both read back."""
+        d = asdict(self)
+        d.pop("ctc_head")
+        out = {"architectures": ["HubertForCTC" if self.ctc_head else "HubertModel"], "model_type": "hubert",
+               "hidden_act": "gelu", "feat_extract_activation": "gelu", "num_feat_extract_layers": len(self.conv_dim)}
+        out |= {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if v is not None}
+        # what nanoaudio does not implement, written as "off" so transformers builds the same model:
+        # SpecAugment (its learned `masked_spec_embed` vector exists only when a mask prob is > 0) and LayerDrop
+        out |= {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
+        return out

@@ -22,6 +22,7 @@ Legend: B batch, T tokens, C width, V vocab, L layers, H/Hkv query/key-value hea
 """
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nanoaudio import NanoaudioError
 from nanoaudio.config import DecoderConfig
-from nanoaudio.load import DECODERS, DTYPES, load_state, read_json, read_tensors, resolve, parse_dtype
+from nanoaudio.load import DECODERS, DTYPES, load_state, parse_dtype, read_json, read_tensors, resolve
 from nanoaudio.nn import RMSNorm, attention
 
 # -----------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, mask=None, cache=None):
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, C) -> (B, T, H, D)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, -1, self.head_dim)
@@ -134,10 +135,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        C, I = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(C, I, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(C, I, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(I, C, bias=config.mlp_bias)
+        C, inner = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(C, inner, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(C, inner, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(inner, C, bias=config.mlp_bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -61,8 +61,12 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)  # (..., in) -> (..., out)
         if self.merged:
             return y  # W already holds W + scaling * B A
-        # LoRA weights may be fp32 while the frozen base is bf16 (train.py): compute the branch in their dtype
-        a = self.lora_A(self.lora_dropout(x).to(self.lora_A.weight.dtype))  # (..., in) -> (..., r)
+        x = self.lora_dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):
+            # fp32 LoRA weights next to a bf16 base (train.py) without autocast: run the branch in their dtype.
+            # Under autocast the matmuls already run in bf16, and an fp32 copy of x would only cost memory.
+            x = x.to(self.lora_A.weight.dtype)
+        a = self.lora_A(x)  # (..., in) -> (..., r)
         return y + (self.lora_B(a) * self.scaling).to(y.dtype)  # (..., r) -> (..., out)
 
     @torch.no_grad()

@@ -123,7 +123,8 @@ class Tokenizer:
 
 def qwen2_bpe(folder: Path, config: dict):
     """Byte-level BPE from vocab.json + merges.txt, exactly as transformers' Qwen2Tokenizer assembles it."""
-    from tokenizers import AddedToken, Regex, Tokenizer as Tk, decoders, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as Tk
     from tokenizers.models import BPE
 
     for name in ("vocab.json", "merges.txt"):

@@ -145,7 +145,7 @@ def test_logits_match_transformers(saved, name):
 
 
 def test_kv_cache_steps_equal_full_forward(saved):
-    hf, folder = saved["smollm3-gqa4-nope-tied-by-default"]
+    _, folder = saved["smollm3-gqa4-nope-tied-by-default"]
     ours = load_decoder(folder)
     ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
@@ -257,7 +257,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(saved):
         loss = model(ids).logsumexp(-1).mean()
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -4,10 +4,9 @@
 
 NANOAUDIO_KERNELS=1 routes every RMSNorm and attention of nanoaudio.nn to kernels/ (through the Triton
 interpreter on CPU: TRITON_INTERPRET=1 is set below before the kernels are imported), NANOAUDIO_KERNELS=0
-to PyTorch. Tiny random fp32 models; spies check that the kernels really ran.
+to PyTorch. Tiny random fp32 models (decoder, projector, HuBERT encoder); spies check that the kernels ran.
 """
 
-import importlib
 import os
 
 import torch
@@ -24,11 +23,10 @@ if not CUDA and os.environ["TRITON_INTERPRET"] != "1":
 
 import kernels.flash_attention as fa  # noqa: E402
 import kernels.rmsnorm as rn  # noqa: E402
-from nanoaudio.config import DecoderConfig  # noqa: E402
+from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig  # noqa: E402
 from nanoaudio.decoder import Decoder, KVCache  # noqa: E402
-
-if not CUDA and type(rn._rmsnorm_fwd).__name__ != "InterpretedFunction":
-    rn, fa = importlib.reload(rn), importlib.reload(fa)  # imported earlier without the interpreter
+from nanoaudio.encoder import HubertEncoder  # noqa: E402
+from nanoaudio.projector import AudioProjector  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -103,3 +101,62 @@ def test_decoder_kv_cache_decode_kernels_match_pytorch(monkeypatch, spies):
         outs[mode] = torch.cat(steps, dim=1)  # (B, 11, V)
     assert spies["flash_attention"] == 4 * 2
     _compare(outs["1"], outs["0"], "logits with the KV cache")
+
+
+def test_projector_forward_backward_kernels_match_pytorch(monkeypatch, spies):
+    # the real ln_pre width: hubert-xlarge's 1280 features x k=5 stacked frames = rows of 6400
+    torch.manual_seed(0)
+    model = AudioProjector(ProjectorConfig(stack=5, encoder_dim=1280, decoder_dim=64, dropout=0.0)).to(DEVICE)
+    with torch.no_grad():
+        model.ln_pre.weight.copy_(1 + 0.2 * torch.randn(6400))
+        model.ln_post.weight.copy_(1 + 0.2 * torch.randn(64))
+    frames = torch.randn(2, 23, 1280, device=DEVICE)
+    frame_mask = torch.arange(23, device=DEVICE)[None] < torch.tensor([[23], [14]], device=DEVICE)
+    outs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("NANOAUDIO_KERNELS", mode)
+        model.zero_grad(set_to_none=True)
+        x = frames.clone().requires_grad_()
+        tokens, _ = model(x, frame_mask)
+        target = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+        (tokens * target).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        outs[mode] = (tokens.detach(), x.grad, grads)
+    assert spies["rms_norm"] == 2
+    _compare(outs["1"][0], outs["0"][0], "tokens")
+    _compare(outs["1"][1], outs["0"][1], "d frames")
+    for name in outs["0"][2]:
+        _compare(outs["1"][2][name], outs["0"][2][name], name)
+
+
+@pytest.mark.parametrize("stable", [True, False], ids=["large-preLN", "base-postLN"])
+def test_encoder_forward_backward_kernels_match_pytorch(monkeypatch, spies, stable):
+    # a padded batch: the shorter sample's padded frames are masked as keys through kv_lens in both paths
+    torch.manual_seed(0)
+    cfg = EncoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        conv_dim=(16,) * 7, conv_bias=True, feat_extract_norm="layer" if stable else "group",
+                        do_stable_layer_norm=stable, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+                        hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, final_dropout=0.0)
+    model = HubertEncoder(cfg).to(DEVICE).eval()  # eval: no dropout; gradients still flow
+    with torch.no_grad():  # larger attention weights than the 0.02 init, so softmax is far from uniform
+        for name, p in model.named_parameters():
+            if "attention" in name and name.endswith("weight"):
+                p.normal_(0.0, 0.5)
+    g = torch.Generator().manual_seed(3)
+    waveform = torch.randn(2, 5000, generator=g).to(DEVICE)
+    attention_mask = (torch.arange(5000)[None] < torch.tensor([[5000], [3100]])).long().to(DEVICE)
+    hidden, grads = _forward_backward(model, monkeypatch, "1", waveform, attention_mask)
+    assert spies["flash_attention"] == 2 and spies["rms_norm"] == 0  # HuBERT normalizes with LayerNorm
+    assert hidden.shape[1] == model.num_frames(5000)
+    hidden_ref, grads_ref = _forward_backward(model, monkeypatch, "0", waveform, attention_mask)
+    assert spies["flash_attention"] == 2
+    _compare(hidden, hidden_ref, "hidden")
+    assert grads.keys() == grads_ref.keys() and len(grads) == len(list(model.parameters()))
+    for name in grads:
+        if name.endswith("k_proj.bias") or (not stable and name == "feature_extractor.conv_layers.0.conv.bias"):
+            # gradients that are exactly 0 in exact arithmetic, so round-off has no scale to compare against:
+            # a key bias adds q.b to every score of a query row (softmax cancels it), and the base model's
+            # GroupNorm normalizes each channel over time right after the first conv (its bias cancels)
+            assert grads[name].abs().max() < 1e-3 and grads_ref[name].abs().max() < 1e-3
+            continue
+        _compare(grads[name], grads_ref[name], name)

@@ -100,7 +100,7 @@ def test_other_families_follow_their_documented_templates():
     assert chat_prompt("llama3", "hi", "ok").endswith("<|end_header_id|>\n\nok<|eot_id|>")
     # the user text goes in verbatim, so a caller can split the prompt around a marker
     for family in ("qwen3", "smollm3", "llama3"):
-        left, right = chat_prompt(family, "\x00A\x00\nTranscribe").split("\x00A\x00")
+        _, right = chat_prompt(family, "\x00A\x00\nTranscribe").split("\x00A\x00")
         assert right.startswith("\nTranscribe")
     with pytest.raises(NanoaudioError, match="unknown chat family 'gpt2'"):
         chat_prompt("gpt2", "hi")

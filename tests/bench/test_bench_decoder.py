@@ -4,9 +4,12 @@
 
 Speed: one set of random weights (fp32) shared by both models, batch 1, a 128-token prompt, 32 new tokens;
 prefill tok/s = 128 / time(generate 1 token), decode tok/s = 31 / (time(generate 32) - time(generate 1)),
-best of 3. Load: a bf16 checkpoint on disk (model.safetensors), loaded into bf16 in a fresh subprocess each;
-peak RSS from resource.getrusage (ru_maxrss), also shown minus the RSS the process had before loading
-(python + torch). Prints tables; no timed assertions (this file is marked slow by tests/bench/conftest.py).
+best of 3, one torch thread (NANOAUDIO_BENCH_THREADS=N to change). Also at a small shape, where per-step
+overhead rather than the weight matmuls dominates.
+Load: a bf16 checkpoint on disk (model.safetensors) loaded into bf16, in a fresh subprocess each time;
+peak RSS = VmHWM of /proc/self/status, also shown minus the peak the process had before loading
+(python + torch + the library's imports) and after a first forward pass.
+Prints tables; no timed assertions (tests/bench/conftest.py marks this file slow).
 """
 
 import json
@@ -49,28 +52,29 @@ def best_time(fn, repeats=REPEATS) -> float:
     return min(times)
 
 
-@pytest.mark.skipif(mem_available_gb() < 8, reason="needs ~8 GB of free memory (two 0.6B models share fp32 weights)")
-def test_bench_decode_and_prefill_vs_transformers():
+def build_pair(shape):
+    """A transformers Qwen3ForCausalLM with random weights and a nanoaudio Decoder sharing its tensors."""
     from nanoaudio.config import DecoderConfig
     from nanoaudio.decoder import Decoder
 
-    torch.manual_seed(0)
-    cfg = transformers.Qwen3Config(**SHAPE)
+    cfg = transformers.Qwen3Config(**shape)
     cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
         hf = transformers.Qwen3ForCausalLM(cfg)
     hf.to_empty(device="cpu")  # random weights without transformers' slow init: N(0, 0.02), norms 1
+    hf.tie_weights()  # to_empty gave lm_head its own (empty) tensor
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.fill_(1.0) if "norm" in name else p.normal_(0, 0.02)
     hf.model.rotary_emb = type(hf.model.rotary_emb)(cfg)  # its buffers were left empty by to_empty
-    hf.eval()
-    ours_cfg = DecoderConfig.from_hf_config(cfg.to_dict())
     with torch.device("meta"):
-        ours = Decoder(ours_cfg)
+        ours = Decoder(DecoderConfig.from_hf_config(cfg.to_dict()))
     ours.load_weights(hf.state_dict(), "transformers model")  # the same tensors: identical weights, no copy
-    ours.eval()
-    ids = torch.randint(0, SHAPE["vocab_size"], (1, PROMPT))
+    return hf.eval(), ours.eval()
+
+
+def speed(hf, ours, vocab):
+    ids = torch.randint(0, vocab, (1, PROMPT))
     mask = torch.ones_like(ids)
 
     def run_hf(n):
@@ -80,45 +84,64 @@ def test_bench_decode_and_prefill_vs_transformers():
     def run_ours(n):
         return ours.generate(ids, mask, max_new_tokens=n, eos_token_id=[])
 
+    rows = []
     with torch.inference_mode():
         assert run_ours(8).tolist() == run_hf(8).tolist()  # same weights, same greedy tokens
-        rows = []
         for name, run in (("transformers", run_hf), ("nanoaudio", run_ours)):
-            t1 = best_time(lambda: run(1))
-            tn = best_time(lambda: run(NEW))
+            t1 = best_time(lambda run=run: run(1))
+            tn = best_time(lambda run=run: run(NEW))
             rows.append((name, PROMPT / t1, (NEW - 1) / (tn - t1)))
-    print(f"\nQwen3-0.6B shape, fp32, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), batch 1, "
-          f"prompt {PROMPT}, {NEW} new tokens, best of {REPEATS}")
-    print(f"{'':14s} {'prefill tok/s':>14s} {'decode tok/s':>13s}")
-    for name, pre, dec in rows:
-        print(f"{name:14s} {pre:14.1f} {dec:13.2f}")
-    print(f"{'speed-up':14s} {rows[1][1] / rows[0][1]:13.2f}x {rows[1][2] / rows[0][2]:12.2f}x")
+    return rows
 
 
-LOAD_OURS = """
-import json, resource, sys, time
+@pytest.mark.skipif(mem_available_gb() < 6, reason="needs ~6 GB of free memory (fp32 0.6B weights, shared)")
+def test_bench_decode_and_prefill_vs_transformers():
+    # One thread by default: on a shared machine a second OpenMP thread that gets descheduled makes every op
+    # wait at a barrier, and the numbers become noise. NANOAUDIO_BENCH_THREADS=0 keeps torch's default.
+    threads = int(os.environ.get("NANOAUDIO_BENCH_THREADS", "1"))
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    small = {**SHAPE, "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 8,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
+    print(f"\ngreedy generation, fp32, CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
+          f"batch 1, prompt {PROMPT} tokens, {NEW} new tokens, best of {REPEATS}")
+    print(f"{'shape':22s} {'':14s} {'prefill tok/s':>14s} {'decode tok/s':>13s}")
+    for label, shape in (("Qwen3-0.6B", SHAPE), ("small (8 x 256, V 4k)", small)):
+        hf, ours = build_pair(shape)
+        rows = speed(hf, ours, shape["vocab_size"])
+        del hf, ours
+        for name, pre, dec in rows:
+            print(f"{label:22s} {name:14s} {pre:14.1f} {dec:13.2f}")
+        print(f"{label:22s} {'speed-up':14s} {rows[1][1] / rows[0][1]:13.2f}x {rows[1][2] / rows[0][2]:12.2f}x")
+
+
+# Peak memory: VmHWM (the high-water mark of resident memory) from /proc/self/status. Not ru_maxrss: Linux
+# carries a forked parent's maxrss over exec, so a child of a big pytest process would report the parent's.
+LOAD = """
+import json, sys, time
 import torch
-from nanoaudio.decoder import load_decoder
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+{imports}
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+before = hwm()
 t = time.perf_counter()
-m = load_decoder(sys.argv[1])
+m = {load}
 dt = time.perf_counter() - t
 assert next(m.parameters()).dtype == torch.bfloat16
-print(json.dumps({"s": dt, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "before": before * 1024}))
+peak = hwm()
+with torch.inference_mode():  # touches every weight: lazily mapped files become resident here
+    m(torch.tensor([[1, 2, 3]]))
+print(json.dumps({{"s": dt, "peak": peak, "before": before, "used": hwm()}}))
 """
-LOAD_HF = """
-import json, resource, sys, time
-import torch, transformers
-from transformers import AutoModelForCausalLM
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
-dt = time.perf_counter() - t
-assert next(m.parameters()).dtype == torch.bfloat16
-print(json.dumps({"s": dt, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "before": before * 1024}))
-"""
+LOAD_OURS = LOAD.format(imports="from nanoaudio.decoder import load_decoder", load="load_decoder(sys.argv[1])")
+LOAD_HF = LOAD.format(imports="from transformers import AutoModelForCausalLM",
+                      load="AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)")
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from Linux's /proc")
 @pytest.mark.skipif(mem_available_gb() < 5, reason="needs ~5 GB of free memory")
 def test_bench_load_time_and_peak_rss(tmp_path):
     from checkpoints import save_checkpoint
@@ -127,13 +150,8 @@ def test_bench_load_time_and_peak_rss(tmp_path):
     from nanoaudio.decoder import Decoder
 
     cfg = DecoderConfig.from_hf_config({"model_type": "qwen3", **SHAPE, "torch_dtype": "bfloat16"})
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    model = Decoder(cfg)  # init_weights: N(0, 0.02)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
     del model
     folder = save_checkpoint(tmp_path / "qwen3-0.6b-shape", state, cfg.to_hf_config())
     del state
@@ -147,9 +165,13 @@ def test_bench_load_time_and_peak_rss(tmp_path):
             assert r.returncode == 0, r.stderr[-2000:]
             runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
         run = min(runs, key=lambda x: x["s"])
-        rows.append((name, run["s"], run["peak"], run["peak"] - run["before"]))
+        rows.append((name, run["s"], run["peak"], run["peak"] - run["before"], run["used"]))
     gb = 1e9
     print(f"\nload a bf16 Qwen3-0.6B-shape checkpoint ({size / gb:.2f} GB model.safetensors) into bf16, CPU")
-    print(f"{'':14s} {'load s':>7s} {'peak RSS GB':>12s} {'/ file':>7s} {'peak - start GB':>16s} {'/ file':>7s}")
-    for name, s, peak, delta in rows:
-        print(f"{name:14s} {s:7.2f} {peak / gb:12.2f} {peak / size:7.2f} {delta / gb:16.2f} {delta / size:7.2f}")
+    print("peak RSS: after loading | minus the peak before loading (python + imports) | after a first forward")
+    print(f"{'':14s} {'load s':>7s} {'peak GB':>8s} {'/ file':>7s} {'load-only GB':>13s} {'/ file':>7s} "
+          f"{'+forward GB':>12s} {'/ file':>7s}")
+    for name, s, peak, delta, used in rows:
+        print(f"{name:14s} {s:7.2f} {peak / gb:8.2f} {peak / size:7.2f} {delta / gb:13.2f} {delta / size:7.2f} "
+              f"{used / gb:12.2f} {used / size:7.2f}")
+    print("(transformers memory-maps the file: its weights become resident only when first used)")

@@ -14,6 +14,8 @@ no timing is asserted, but every kernel is checked against its reference before 
   Target on an H100: forward >= 1.0x SDPA flash at T=8192, D=128, causal.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -65,6 +67,10 @@ def _print_table(title, header, rows):
     print("\n".join(lines))
 
 
+def _fwd_bwd(f, args, dy):
+    f(*args).backward(dy)
+
+
 def _time_ms(fn, grad_to_none=None):
     try:
         return do_bench(fn, grad_to_none=grad_to_none)
@@ -101,11 +107,11 @@ def _bench_rms_norm(capsys, backward):
             row = [M, N]
             for f in impls.values():
                 if backward:
-                    ms = _time_ms(lambda f=f: f(x, w, 1e-6).backward(dy), grad_to_none=[x, w])
+                    ms = _time_ms(functools.partial(_fwd_bwd, f, (x, w, 1e-6), dy), grad_to_none=[x, w])
                 else:
-                    ms = _time_ms(lambda f=f: f(x, w, 1e-6))
-                gbs = nbytes / (ms * 1e-3) / 1e9 if ms else None
-                row += [f"{gbs:7.0f}" if gbs else "OOM", _frac(gbs, bw) if gbs else "-"]
+                    ms = _time_ms(functools.partial(f, x, w, 1e-6))
+                gbs = nbytes / (ms * 1e-3) / 1e9 if ms is not None else None
+                row += [f"{gbs:7.0f}", _frac(gbs, bw)] if gbs is not None else ["OOM", "-"]
             rows.append(row)
             del x, w, dy
     header = ["rows", "hidden"] + [f"{k} {u}" for k in impls for u in ("GB/s", "%HBM")]
@@ -157,9 +163,8 @@ def _bench_attention(capsys, backward):
         for D in ATTN_D:
             for causal in (True, False):
                 for T in ATTN_T:
-                    make = lambda H: torch.randn(ATTN_B, H, T, D, device="cuda", dtype=torch.bfloat16,  # noqa: E731
-                                                 requires_grad=backward)
-                    q, k, v = make(Hq), make(Hkv), make(Hkv)
+                    q, k, v = (torch.randn(ATTN_B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+                               for H in (Hq, Hkv, Hkv))
                     do = torch.randn_like(q)
                     if T <= 1024:  # validate before timing (small T keeps the fp32 reference cheap)
                         ref = nn.attention_reference(q.float(), k.float(), v.float(), causal=causal)
@@ -172,11 +177,11 @@ def _bench_attention(capsys, backward):
                             row += ["skip", "-"]
                             continue
                         if backward:
-                            ms = _time_ms(lambda f=f: f(q, k, v, causal).backward(do), grad_to_none=[q, k, v])
+                            ms = _time_ms(functools.partial(_fwd_bwd, f, (q, k, v, causal), do), grad_to_none=[q, k, v])
                         else:
-                            ms = _time_ms(lambda f=f: f(q, k, v, causal))
-                        tfs = flops / (ms * 1e-3) / 1e12 if ms else None
-                        row += [f"{tfs:6.1f}" if tfs else "OOM", _frac(tfs, peak) if tfs else "-"]
+                            ms = _time_ms(functools.partial(f, q, k, v, causal))
+                        tfs = flops / (ms * 1e-3) / 1e12 if ms is not None else None
+                        row += [f"{tfs:6.1f}", _frac(tfs, peak)] if tfs is not None else ["OOM", "-"]
                     rows.append(row)
                     del q, k, v, do
     header = ["Hq/Hkv", "D", "mask", "T"] + [f"{k} {u}" for k in impls for u in ("TFLOP/s", "%peak")]

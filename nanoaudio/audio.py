@@ -1,0 +1,181 @@
+"""Waveform in, model input out: read any audio file, make it 16 kHz mono float32, normalize, batch.
+
+- `load_audio(path)` reads whatever soundfile (libsndfile) reads: wav/flac/ogg/mp3, int16/int32/float, any
+  number of channels (averaged to mono), any sample rate (resampled here to 16 kHz). Paths, bytes and
+  file-like objects (stdin for `sample.py -`) are accepted. Bad input raises NanoaudioError naming the file.
+- `resample(x, orig_sr, new_sr)`: a band-limited polyphase resampler (Kaiser-windowed sinc low-pass), run as
+  ONE strided conv1d. Same filter design as scipy.signal.resample_poly, so the tests compare sample by sample.
+- `normalize(x)` / `batch_audio(waves)`: per-utterance zero mean and unit variance over the real samples,
+  exactly as transformers' Wav2Vec2FeatureExtractor(do_normalize=True) does for the fine-tuned HuBERTs, then
+  right-padding with zeros and an attention mask.
+References: openai/whisper audio.py (constants with derived values annotated); scipy.signal.resample_poly
+and firwin (the filter design); J. O. Smith, "Digital Audio Resampling" (the polyphase view).
+Legend: B batch, S samples.
+"""
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanoaudio import NanoaudioError
+
+
+def receptive_field(kernels, strides) -> int:
+    """Samples one output frame of a conv stack sees: walk back from r = 1, r <- (r - 1) * stride + kernel."""
+    r = 1
+    for k, s in reversed(list(zip(kernels, strides))):
+        r = (r - 1) * s + k
+    return r
+
+
+# hard-coded audio hyperparameters: HuBERT's conv feature extractor (every size, base to xlarge)
+SAMPLE_RATE = 16000  # Hz: every HuBERT checkpoint was pre-trained on 16 kHz LibriSpeech/Libri-Light
+CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # the 7 conv layers' kernel sizes ...
+CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)  # ... and strides
+HOP_LENGTH = math.prod(CONV_STRIDE)  # 320 samples between consecutive frames: 20 ms at 16 kHz
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 50 encoder frames per second
+RECEPTIVE_FIELD = receptive_field(CONV_KERNEL, CONV_STRIDE)  # 400 samples = 25 ms: less gives no frame at all
+STACK = 5  # k: frames stacked into one audio token by the projector (the course's value)
+TOKENS_PER_SECOND = FRAMES_PER_SECOND // STACK  # 10 audio tokens per second of speech for the decoder
+NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor's epsilon: silence (variance 0) normalizes to zeros, not NaN
+
+# the resampler's filter: the defaults of scipy.signal.resample_poly
+KAISER_BETA = 5.0  # window shape: ~ -55 dB side lobes, a ~0.1 * Nyquist transition band at 10 zero crossings
+ZERO_CROSSINGS = 10  # sinc lobes kept on each side of the filter's centre
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+
+def load_audio(source, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """A file path, bytes or a binary file-like object -> (S,) float32 mono at `sample_rate`, not normalized."""
+    import soundfile as sf
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, f = "<bytes>", io.BytesIO(bytes(source))
+    elif hasattr(source, "read"):
+        name = str(getattr(source, "name", "<stream>"))
+        # libsndfile seeks (it reads the header, then the data): pipes such as stdin must be buffered first
+        seekable = getattr(source, "seekable", lambda: False)()
+        f = source if seekable else io.BytesIO(source.read())
+    else:
+        name = str(source)
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise NanoaudioError(f"{name}: no such file")
+        if path.is_dir():
+            raise NanoaudioError(f"{name}: is a folder, not an audio file")
+        f = path
+    try:
+        # always_2d: (S, channels) for every file; integer PCM is scaled to [-1, 1) (int16 / 32768, ...)
+        data, sr = sf.read(f, dtype="float32", always_2d=True)
+    except (RuntimeError, TypeError, ValueError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NanoaudioError(f"{name}: not an audio file soundfile can read ({reason})") from None
+    if data.shape[0] == 0:
+        raise NanoaudioError(f"{name}: the file holds zero samples")
+    if not np.isfinite(data).all():  # float WAVs can store NaN/inf; they would poison every frame they touch
+        raise NanoaudioError(f"{name}: the audio contains NaN or infinite samples")
+    wav = torch.from_numpy(data.mean(axis=1, dtype=np.float32))  # (S, channels) -> (S,) mono by averaging
+    if sr != sample_rate:
+        wav = resample(wav, sr, sample_rate)
+    # the encoder needs RECEPTIVE_FIELD samples at 16 kHz (25 ms) to produce even one frame
+    need = math.ceil(RECEPTIVE_FIELD * sample_rate / SAMPLE_RATE)
+    if wav.shape[0] < need:
+        ms = wav.shape[0] / sample_rate * 1000
+        raise NanoaudioError(f"{name}: {wav.shape[0]} samples at {sample_rate} Hz ({ms:.1f} ms) is shorter than "
+                             f"one encoder frame ({need} samples, 25 ms)")
+    return wav
+
+
+# -----------------------------------------------------------------------------
+# resampling
+
+
+def lowpass_filter(up: int, down: int) -> torch.Tensor:
+    """The anti-aliasing/interpolation low-pass of a rational resampler, (2 * half_len + 1,) float64.
+
+    Upsampling by `up` puts up-1 zeros between samples, downsampling by `down` keeps every down-th sample; in
+    between, one low-pass must remove the spectral images (of the upsampling) and everything the
+    downsampling would alias, so it cuts at the lower of the two Nyquists: 1 / max(up, down) of the
+    upsampled Nyquist. Design: a sinc at that cutoff, ZERO_CROSSINGS lobes each side, Kaiser window, unit DC
+    gain, times `up` (the inserted zeros divide the signal's average by `up`).
+    """
+    m = max(up, down)
+    half_len = ZERO_CROSSINGS * m  # the sinc crosses zero every m taps
+    n = torch.arange(-half_len, half_len + 1, dtype=torch.float64)
+    h = torch.sinc(n / m) * torch.kaiser_window(2 * half_len + 1, periodic=False, beta=KAISER_BETA,
+                                                dtype=torch.float64)
+    return h / h.sum() * up
+
+
+def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """(S,) -> (ceil(S * new_sr / orig_sr),) band-limited, output sample 0 aligned with input sample 0.
+
+    The polyphase trick as one conv1d: write the rate change as up/down (reduced by their gcd). Output j
+    sits at time j*down on the upsampled grid, i.e. between input samples, and is
+        y[j] = sum_i x[i] * h(j*down - i*up)                      (h: the low-pass centred at 0)
+    Group the outputs in blocks of `up`: j = n*up + s. Then y[n*up + s] = sum_u x[n*down + u] * h(s*down - u*up),
+    a strided convolution (stride `down`) of x with `up` kernels K_s[u] = h(s*down - u*up), one per output
+    phase s. conv1d computes all phases at once, the (up, n_blocks) result interleaves into y.
+    """
+    g = math.gcd(int(orig_sr), int(new_sr))
+    up, down = int(new_sr) // g, int(orig_sr) // g
+    if up == down:
+        return x.clone()
+    h = lowpass_filter(up, down)
+    half_len = (h.numel() - 1) // 2
+    n_in = x.shape[0]
+    n_out = -(-n_in * up // down)  # ceil, as scipy
+    # the input offsets u any phase touches: |s*down - u*up| <= half_len for some s in [0, up)
+    u_min = -(half_len // up)
+    u_max = ((up - 1) * down + half_len) // up
+    u = torch.arange(u_min, u_max + 1)  # (L,)
+    s = torch.arange(up)  # (up,)
+    t = s[:, None] * down - u[None, :] * up  # (up, L): tap position on the upsampled grid
+    inside = t.abs() <= half_len
+    kernels = torch.where(inside, h[(t + half_len).clamp(0, 2 * half_len)], 0.0)  # (up, L)
+    n_blocks = -(-n_out // up)
+    need = (n_blocks - 1) * down + kernels.shape[1]  # input samples the last block reads (after left padding)
+    xp = torch.nn.functional.pad(x.float(), (-u_min, max(0, need - n_in + u_min)))  # zeros outside the signal
+    y = torch.nn.functional.conv1d(xp[None, None], kernels.float()[:, None, :], stride=down)  # (1, up, n_blocks)
+    return y[0].T.reshape(-1)[:n_out].to(x.dtype)  # (up, n_blocks) -> (n_blocks * up,) -> (n_out,)
+
+
+# -----------------------------------------------------------------------------
+# normalization and batching
+
+
+def normalize(wav: torch.Tensor) -> torch.Tensor:
+    """(S,) -> (S,) zero mean, unit variance: (x - mean) / sqrt(var + 1e-7), the population variance.
+
+    Statistics in float64: a 30 s utterance is 480k samples, and float32 sums of that many would drift.
+    """
+    x = wav.double()
+    mean = x.mean()
+    var = ((x - mean) ** 2).mean()  # ddof=0, as numpy's .var() in Wav2Vec2FeatureExtractor
+    return ((x - mean) / torch.sqrt(var + NORM_EPS)).to(torch.float32)
+
+
+def batch_audio(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """B waveforms (S_i,) -> waveform (B, S_max) float32, attention_mask (B, S_max) long (1 = real sample).
+
+    Each waveform is normalized over its own samples, then right-padded with zeros (the padding value of the
+    HuBERT feature extractor: the encoder's valid frames never see the padding, see encoder.py).
+    """
+    if len(waves) == 0:
+        raise NanoaudioError("batch_audio: empty list of waveforms")
+    waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
+    S = max(w.shape[0] for w in waves)
+    out = torch.zeros(len(waves), S, dtype=torch.float32)
+    mask = torch.zeros(len(waves), S, dtype=torch.long)
+    for b, w in enumerate(waves):
+        if w.shape[0] == 0:
+            raise NanoaudioError(f"batch_audio: waveform {b} has zero samples")
+        out[b, : w.shape[0]] = normalize(w)
+        mask[b, : w.shape[0]] = 1
+    return out, mask
