@@ -159,7 +159,7 @@ def build_model(args, device):
     frozen_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     encoder = load_encoder(args.encoder, dtype=frozen_dtype, device=device)
     decoder = load_decoder(args.decoder, dtype=frozen_dtype, device=device)
-    tokenizer = load_tokenizer(decoder.source)
+    tokenizer = load_tokenizer(args.decoder)
     # dimensions always come from the real configs (the course's 2048 for Qwen3-8B is wrong: 4096)
     pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=encoder.config.hidden_size,
                            decoder_dim=decoder.config.hidden_size)

@@ -186,6 +186,7 @@ class Decoder(nn.Module):
         # generation defaults; load_decoder overrides them from generation_config.json
         self.eos_token_ids = list(config.eos_token_id)
         self.pad_token_id = config.pad_token_id
+        self.source = None  # the name or folder load_decoder read it from
         self.init_rope()
         self.init_weights()
 
@@ -337,6 +338,7 @@ def load_decoder(name_or_path, dtype=None, device="cpu") -> Decoder:
     with torch.device("meta"):
         model = Decoder(config)  # shapes only: no memory, no random init work
     model.load_weights(read_tensors(folder, dtype=dtype, device=device), folder)
+    model.source = str(name_or_path)  # what a nanoaudio checkpoint's config.json records, to load it again
     gen_path = folder / "generation_config.json"
     if gen_path.is_file():
         # end-of-turn ids (Qwen3: <|im_end|> and <|endoftext|>) live here, not in config.json

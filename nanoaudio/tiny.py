@@ -1,8 +1,9 @@
 """The tiny preset: the course's recipe in miniature, trained from scratch on a laptop CPU in minutes.
 
 Same classes as the real models, at tiny sizes (sizes chosen so 2 CPU cores train them in minutes):
-    encoder   HubertEncoder: the raw-waveform conv front end (stride 320 -> 50 frames/s), 4 pre-LN layers of
-              width 192, and a CTC head over the 32 characters of the *-ls960-ft checkpoints
+    encoder   HubertEncoder: the raw-waveform conv front end (7 layers of 32 channels, stride 320 -> 50
+              frames/s), 4 pre-LN Transformer layers of width 192, and a CTC head over the 32 characters
+              of the *-ls960-ft checkpoints
     projector AudioProjector: stack k=5 frames -> RMSNorm -> Linear(960 -> 256) -> Dropout -> RMSNorm
     decoder   Decoder: a Qwen3-style model (q_norm/k_norm, RoPE, GQA 4/2), 4 layers of width 256, tied head
     tokenizer a byte-level BPE in Qwen3's format (same pre-tokenizer, same chat special tokens), trained here
@@ -28,7 +29,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 # HF-style config.json dicts, so the tiny checkpoint is described exactly like a real one
 ENCODER = dict(
     model_type="hubert", architectures=["HubertForCTC"],
-    conv_dim=[64] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],  # 320x: 50 frames/s
+    conv_dim=[32] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],  # 320x: 50 frames/s
     conv_bias=True, feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
     hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768, hidden_act="gelu",
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8, layer_norm_eps=1e-5, feat_proj_layer_norm=True,

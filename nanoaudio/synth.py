@@ -1,0 +1,205 @@
+"""Synthetic speech, offline: espeak-ng (the `espeakng-loader` wheel ships the library and its voices) via ctypes.
+
+The tiny preset trains on it and the tests transcribe it, so it must be varied and reproducible:
+    voices   every English accent below x every voice variant espeak-ng ships (~100: m1..m8, f1..f5, klatt, croak,
+             whisper-ish robots...), drawn at random per utterance
+    prosody  random speaking rate (words per minute) and pitch; optional white noise at a random SNR
+    texts    digit strings ("three one four") and random word sequences from nanoaudio/assets/tiny_vocab.txt
+    seed     the same seed gives the same texts, voices, prosody and noise, so the same dataset, sample for sample
+
+    python -m nanoaudio.synth "three one four" -o three.wav        # one utterance (16 kHz wav)
+    python -m nanoaudio.synth --dataset data/digits -n 100 --kind digits --seed 1
+
+`make_dataset` writes FLAC files plus a JSONL manifest ({"audio", "text", "seconds"}), the format nanoaudio.data
+reads, so training on synthetic speech runs through the same loader as training on LibriSpeech.
+The espeak-ng C API used here: espeak_Initialize / SetSynthCallback / SetVoiceByName / SetParameter / Synth /
+Synchronize, from speak_lib.h (https://github.com/espeak-ng/espeak-ng/blob/master/src/include/espeak-ng/speak_lib.h).
+"""
+
+import argparse
+import ctypes
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanoaudio import NanoaudioError
+from nanoaudio.audio import SAMPLE_RATE, resample
+
+ACCENTS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029"]  # espeak-ng's English voices
+RATE_WPM = (120, 230)  # espeak-ng's default is 175 words per minute
+PITCH = (20, 80)  # 0..100, default 50
+NOISE_SNR_DB = (10.0, 40.0)
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_LENGTHS = (3, 8)  # digits per string
+SENTENCE_LENGTHS = (4, 10)  # words per random sentence
+VOCAB_FILE = Path(__file__).resolve().parent / "assets" / "tiny_vocab.txt"
+
+# speak_lib.h enums
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_POS_CHARACTER = 1
+_RATE, _PITCH = 1, 3
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Espeak:
+    """The process-wide espeak-ng instance (the C library keeps global state: one voice, one callback)."""
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError:
+            raise NanoaudioError("synthetic speech needs espeak-ng: pip install 'nanoaudio[speech]'") from None
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.data = Path(espeakng_loader.get_data_path())
+        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data).encode(),
+                                               _INITIALIZE_DONT_EXIT)
+        if self.rate <= 0:
+            raise NanoaudioError(f"espeak-ng failed to initialize from {self.data}")
+        self.chunks = []
+        self.callback = _CALLBACK(self._collect)  # keep a reference: C holds only the pointer
+        self.lib.espeak_SetSynthCallback(self.callback)
+
+    def _collect(self, wav, n, events):
+        if n > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0  # 0 = keep going
+
+    def speak(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise NanoaudioError(f"espeak-ng has no voice {voice!r}")
+        self.lib.espeak_SetParameter(_RATE, rate, 0)
+        self.lib.espeak_SetParameter(_PITCH, pitch, 0)
+        self.chunks = []
+        data = text.encode()
+        self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, 0, None, None)
+        self.lib.espeak_Synchronize()
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)  # int16 at self.rate
+
+
+_ENGINE = None
+
+
+def engine() -> _Espeak:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _Espeak()
+    return _ENGINE
+
+
+def variants() -> list[str]:
+    """Every voice variant espeak-ng ships (the files in espeak-ng-data/voices/!v), sorted."""
+    return sorted(p.name for p in (engine().data / "voices" / "!v").iterdir() if p.is_file())
+
+
+def voices() -> list[str]:
+    """Every accent x variant combination, e.g. 'en-us+f3' (~500 voices)."""
+    return [f"{accent}+{v}" for accent in ACCENTS for v in variants()]
+
+
+def speak(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> torch.Tensor:
+    """Text -> float32 waveform (S,) at 16 kHz."""
+    wav = engine().speak(text, voice, rate, pitch)
+    x = torch.from_numpy(wav.astype(np.float32) / 32768.0)
+    return resample(x, engine().rate, SAMPLE_RATE)
+
+
+def vocabulary() -> list[str]:
+    return [w.strip() for w in VOCAB_FILE.read_text().splitlines() if w.strip()]
+
+
+def random_text(rng: random.Random, kind: str, words: list[str]) -> str:
+    if kind == "mixed":
+        kind = rng.choice(["digits", "sentences"])
+    if kind == "digits":
+        return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(*DIGIT_LENGTHS)))
+    if kind == "sentences":
+        return " ".join(rng.choice(words) for _ in range(rng.randint(*SENTENCE_LENGTHS)))
+    raise NanoaudioError(f"unknown utterance kind {kind!r} (digits, sentences, mixed)")
+
+
+def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise: float) -> torch.Tensor:
+    """Speak `text` with a random voice, rate and pitch; with probability `noise`, add white noise at a random SNR."""
+    wave = speak(text, rng.choice(all_voices), rng.randint(*RATE_WPM), rng.randint(*PITCH))
+    if rng.random() < noise:
+        snr_db = rng.uniform(*NOISE_SNR_DB)
+        power = wave.pow(2).mean().clamp_min(1e-10)
+        g = torch.Generator().manual_seed(rng.getrandbits(63))
+        wave = wave + torch.randn(wave.shape, generator=g) * (power / 10 ** (snr_db / 10)).sqrt()
+    return wave
+
+
+def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3) -> Path:
+    """Write n utterances as FLAC + manifest.jsonl into `folder` -> the manifest's path.
+
+    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise) is reused.
+    `exclude`: a manifest (or an iterable of texts) whose texts must not occur here: held-out sets use it so
+    that no evaluation string was ever heard in training. Written to folder.tmp, then renamed.
+    """
+    import soundfile as sf
+
+    folder = Path(folder)
+    manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise}
+    if manifest.exists() and json.loads((folder / "recipe.json").read_text()) == recipe:
+        return manifest
+    if exclude is not None and not isinstance(exclude, (set, list, tuple)):
+        exclude = [json.loads(line)["text"] for line in open(exclude)]
+    banned = set(exclude or [])
+    rng, words, all_voices = random.Random(seed), vocabulary(), voices()
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        text = random_text(rng, kind, words)
+        while text in banned:
+            text = random_text(rng, kind, words)
+        wave = random_utterance(rng, text, all_voices, noise)
+        name = f"{i:06d}.flac"
+        sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+        rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)})
+    (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp / "recipe.json").write_text(json.dumps(recipe))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return manifest
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Synthesize speech with espeak-ng (16 kHz).")
+    p.add_argument("text", nargs="?", help="text to speak (one utterance)")
+    p.add_argument("-o", "--out", default="speech.wav", help="output audio file for one utterance")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice, e.g. en-us+f3 (see --list-voices)")
+    p.add_argument("--rate", type=int, default=175, help="words per minute")
+    p.add_argument("--pitch", type=int, default=50, help="0..100")
+    p.add_argument("--list-voices", action="store_true", help="print every voice and exit")
+    p.add_argument("--dataset", help="write a dataset (FLAC + manifest.jsonl) into this folder instead")
+    p.add_argument("-n", type=int, default=100, help="utterances in --dataset")
+    p.add_argument("--kind", default="mixed", choices=["digits", "sentences", "mixed"], help="--dataset texts")
+    p.add_argument("--seed", type=int, default=0, help="--dataset seed")
+    args = p.parse_args(argv)
+    if args.list_voices:
+        print("\n".join(voices()))
+    elif args.dataset:
+        print(make_dataset(args.dataset, args.n, args.kind, args.seed))
+    elif args.text:
+        import soundfile as sf
+
+        sf.write(args.out, speak(args.text, args.voice, args.rate, args.pitch).clamp(-1, 1).numpy(), SAMPLE_RATE)
+        print(args.out)
+    else:
+        p.error("give a text, --dataset or --list-voices")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except NanoaudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

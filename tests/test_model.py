@@ -1,0 +1,174 @@
+"""ASRModel: the prompt (labels, train/inference agreement), batching, what trains, checkpoints.
+
+Two models, both built the way train.py builds them:
+  - "lora": a tiny HuBERT (transformers' HubertForCTC, random) and a tiny Qwen3 (Qwen3ForCausalLM, random) saved as
+    real checkpoints, loaded by name from disk, projector + LoRA trainable: the course's recipe in miniature;
+  - "scratch": the tiny preset (nanoaudio/tiny.py), every part trained, stored whole in model.safetensors.
+"""
+
+import pytest
+import torch
+
+import train
+from nanoaudio import NanoaudioError
+from nanoaudio.audio import batch_audio
+from nanoaudio.model import IGNORE, ASRModel, build_prompt
+from nanoaudio.tiny import tiny_vocab, train_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+from checkpoints import randomize_, save_transformers_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(tiny_vocab())
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("ckpt")
+    enc_cfg = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7,
+        feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, vocab_size=32)
+    torch.manual_seed(0)
+    save_transformers_model(randomize_(transformers.HubertForCTC(enc_cfg).eval(), seed=1), root / "enc")
+    dec_cfg = transformers.Qwen3Config(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id)
+    save_transformers_model(randomize_(transformers.Qwen3ForCausalLM(dec_cfg).eval(), seed=2), root / "dec",
+                            generation_config={"eos_token_id": [tokenizer.eot_id]})
+    tokenizer.save(root / "dec")
+    return root
+
+
+def build(checkpoints, *flags):
+    args = train.parse_args(["--encoder", str(checkpoints / "enc"), "--decoder", str(checkpoints / "dec"),
+                             "--precision", "fp32", *flags])
+    torch.manual_seed(0)
+    return train.build_model(args, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def lora_model(checkpoints):
+    model = build(checkpoints, "--lora-r", "4")
+    with torch.no_grad():  # B = 0 at init would hide LoRA from the save/load checks
+        for n, p in model.decoder.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def waves(seconds, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(int(s * 16000), generator=g) * 0.1 for s in seconds]
+
+
+def test_labels_mark_exactly_the_transcript_and_end_token(tokenizer):
+    ids, start, labels = build_prompt(tokenizer, "qwen3", 7, "three one four")
+    marked = [(i, t) for i, t in enumerate(labels) if t != IGNORE]
+    answer = tokenizer.encode("three one four") + [tokenizer.eot_id]
+    assert [t for _, t in marked] == answer  # the transcript's tokens, then <|im_end|>
+    assert [i for i, _ in marked] == list(range(len(ids) - len(answer), len(ids)))  # the last ones, contiguous
+    assert ids[-len(answer):] == answer
+    assert ids[start:start + 7] == [tokenizer.pad_id] * 7  # the audio slots
+
+
+def test_training_and_inference_prompts_agree_up_to_the_transcript(tokenizer):
+    for family in ("qwen3", "smollm3", "llama3"):
+        train_ids, train_start, _ = build_prompt(tokenizer, family, 5, "hello world")
+        infer_ids, infer_start, labels = build_prompt(tokenizer, family, 5)
+        assert labels is None and train_start == infer_start
+        assert train_ids[:len(infer_ids)] == infer_ids
+        rendered = tokenizer.decode(train_ids, skip_special_tokens=False)
+        assert rendered.startswith(tokenizer.decode(infer_ids, skip_special_tokens=False))
+    text = tokenizer.decode(build_prompt(tokenizer, "qwen3", 2)[0], skip_special_tokens=False)
+    assert "Transcribe the speech to text" in text and text.endswith("<think>\n\n</think>\n\n")
+
+
+def test_a_batch_gives_the_same_per_sample_loss_as_single_samples(lora_model):
+    texts = ["one two three", "the water", "seven seven"]
+    w = waves([1.3, 0.7, 2.1])
+    with torch.no_grad():
+        wave, mask = batch_audio(w)
+        batched = lora_model(wave, mask, texts)["per_sample"]
+        single = torch.cat([lora_model(*batch_audio([x]), [t])["per_sample"] for x, t in zip(w, texts)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_generation_equals_one_at_a_time(lora_model):
+    w = waves([1.0, 2.3, 0.5], seed=3)
+    batched = lora_model.generate_ids(*batch_audio(w), max_new_tokens=6)
+    single = [lora_model.generate_ids(*batch_audio([x]), max_new_tokens=6)[0] for x in w]
+    assert batched == single
+
+
+def test_a_gradient_step_changes_only_projector_and_lora(checkpoints):
+    model = build(checkpoints, "--lora-r", "4").train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("projector.") or "lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(*batch_audio(waves([1.0, 1.5])), ["one two", "three"])["loss"].backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable
+    assert any(n.startswith("projector.") for n in changed) and any("lora_B" in n for n in changed)
+    assert not any(n.startswith(("encoder.", "decoder.")) and "lora_" not in n for n in changed)
+
+
+def test_save_and_load_round_trip_with_lora(lora_model, tmp_path):
+    lora_model.save(tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors",
+            "tokenizer.json"} <= files
+    loaded = ASRModel.load(tmp_path / "ckpt")
+    w, texts = waves([1.1, 0.6], seed=5), ["one", "two three"]
+    with torch.no_grad():
+        a = lora_model(*batch_audio(w), texts)["per_sample"]
+        b = loaded(*batch_audio(w), texts)["per_sample"]
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert loaded.generate_ids(*batch_audio(w), max_new_tokens=5) == \
+        lora_model.generate_ids(*batch_audio(w), max_new_tokens=5)
+
+
+def test_save_and_load_round_trip_from_scratch(tmp_path):
+    args = train.parse_args(["--preset", "tiny"])
+    torch.manual_seed(0)
+    model = train.build_model(args, torch.device("cpu")).eval()
+    model.save(tmp_path / "tiny")
+    loaded = ASRModel.load(tmp_path / "tiny")
+    assert loaded.config == model.config
+    for (n, p), (m, q) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n == m and torch.equal(p, q), n
+    w = waves([0.9], seed=7)
+    assert loaded.transcribe(w, max_new_tokens=4) == model.transcribe(w, max_new_tokens=4)
+
+
+def test_ctc_loss_trains_the_tiny_encoder():
+    args = train.parse_args(["--preset", "tiny"])
+    torch.manual_seed(0)
+    model = train.build_model(args, torch.device("cpu")).train()
+    out = model(*batch_audio(waves([1.0, 0.8])), ["one two", "water"])
+    assert set(out) == {"loss", "per_sample", "lm_loss", "ctc_loss"}
+    torch.testing.assert_close(out["loss"], out["lm_loss"] + 0.5 * out["ctc_loss"])
+    out["loss"].backward()
+    assert model.encoder.lm_head.weight.grad.abs().sum() > 0  # the CTC head gets a gradient
+    assert model.decoder.model.embed_tokens.weight.grad.abs().sum() > 0  # from scratch: the decoder trains too
+
+
+def test_load_rejects_folders_that_are_not_checkpoints(tmp_path):
+    with pytest.raises(NanoaudioError, match="config.json"):
+        ASRModel.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3"}')
+    with pytest.raises(NanoaudioError, match="not a nanoaudio checkpoint"):
+        ASRModel.load(tmp_path)
+
+
+def test_prompt_never_hits_the_tokenizer_with_the_audio_marker(tokenizer):
+    # the marker splits the rendered prompt; if it leaked, the audio slots would be text tokens instead
+    ids, start, _ = build_prompt(tokenizer, "qwen3", 3, "hi")
+    text = tokenizer.decode(ids[:start], skip_special_tokens=False)
+    assert "\x00" not in text and text.endswith("<|im_start|>user\n")
