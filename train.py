@@ -200,7 +200,8 @@ def build_data(args, model, rank, world):
                     world_size=world, max_seconds=args.max_audio_seconds)
     evals = {}
     for spec in (args.eval_data.split(",") if args.eval_data else []):
-        evals[Path(spec).stem] = open_dataset(spec)
+        name = Path(spec).parent.name if Path(spec).stem == "manifest" else Path(spec).stem  # eval-digits/manifest.jsonl
+        evals[name] = open_dataset(spec)
     return train, evals
 
 

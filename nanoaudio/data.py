@@ -14,7 +14,7 @@
     1. Each epoch shuffles the dataset's chunks (one file, or one parquet row group) with (seed, epoch).
     2. Consecutive chunks form windows of `window` global batches (G = batch_size * world_size examples each).
     3. A window is shuffled, its unusable examples dropped (unreadable, too long, empty text), cut to a multiple
-       of G (the remainder, fewer than G random examples, waits for the next epoch), sorted by length, cut into
+       of G (the remainder, fewer than G random examples, sits out this epoch), sorted by length, cut into
        global batches, and the batches shuffled: little padding, yet a random order.
     4. Rank r takes examples [r*b, (r+1)*b) of every global batch: ranks are disjoint, see the same number of
        batches, and together see exactly what one process with batch_size = b * world_size sees.
@@ -38,7 +38,7 @@ from nanoaudio.audio import SAMPLE_RATE, load_audio
 
 TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text")  # Hugging Face names, first present wins
 WINDOW = 50  # global batches sorted by length together: bigger pads less, but batches of one length cluster
-MAX_SKIP_EXAMPLES = 5  # "path: reason" lines kept for the skip report
+MAX_SKIP_EXAMPLES = 10  # "path: reason" lines kept for the skip report
 
 
 @dataclass
@@ -228,9 +228,9 @@ class ParquetDataset(Dataset):
     """Hugging Face audio parquet shards: one row group per chunk, so memory holds one row group at a time."""
 
     def __init__(self, name: str, root: Path, files: list[Path]):
-        import pyarrow as pa
-
         pq = _pyarrow_parquet()
+        import pyarrow as pa  # present: pyarrow.parquet imported
+
         self.root = root
         self.groups = []  # (file, row group, first row in the file, text column): one per chunk
         sizes = []
@@ -385,11 +385,13 @@ class Batches:
             fresh_epoch, produced = self.window == 0 and self.batch == 0, False
             windows = self.windows(self.epoch)
             while self.window < len(windows):
-                batches = self.plan(self.epoch, self.window, windows[self.window])
-                while self.batch < len(batches):
-                    mine = batches[self.batch][self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+                # keep only this rank's slices: the others' parquet bytes are freed right away
+                r, b = self.rank, self.batch_size
+                mine = [batch[r * b: (r + 1) * b] for batch in self.plan(self.epoch, self.window, windows[self.window])]
+                while self.batch < len(mine):
+                    items = mine[self.batch]
                     self.batch += 1  # advanced before the yield: state_dict() taken now resumes after this batch
-                    examples = [ex for item in mine if (ex := load_example(item, self.skips, self.max_seconds))]
+                    examples = [ex for item in items if (ex := load_example(item, self.skips, self.max_seconds))]
                     # A file whose header reads but whose samples do not (rare) shrinks this batch. If all of a
                     # rank's slice fails, that rank moves to its slice of the next global batch: it stays disjoint
                     # from the others, only one step ahead of them.

@@ -5,7 +5,9 @@ The tiny preset trains on it and the tests transcribe it, so it must be varied a
              whisper-ish robots...), drawn at random per utterance
     prosody  random speaking rate (words per minute) and pitch; optional white noise at a random SNR
     texts    digit strings ("three one four") and random word sequences from nanoaudio/assets/tiny_vocab.txt
-    seed     the same seed gives the same texts, voices, prosody and noise, so the same dataset, sample for sample
+    seed     the same seed gives the same texts, voices, rates, pitches and noise levels. The waveforms match
+             only up to espeak-ng's own jitter: its wave generator keeps state between utterances (pitch
+             flutter) and some voices draw noise internally, so two runs differ by a few samples, not in content
 
     python -m nanoaudio.synth "three one four" -o three.wav        # one utterance (16 kHz wav)
     python -m nanoaudio.synth --dataset data/digits -n 100 --kind digits --seed 1
@@ -122,15 +124,19 @@ def random_text(rng: random.Random, kind: str, words: list[str]) -> str:
     raise NanoaudioError(f"unknown utterance kind {kind!r} (digits, sentences, mixed)")
 
 
-def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise: float) -> torch.Tensor:
-    """Speak `text` with a random voice, rate and pitch; with probability `noise`, add white noise at a random SNR."""
-    wave = speak(text, rng.choice(all_voices), rng.randint(*RATE_WPM), rng.randint(*PITCH))
+def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise: float):
+    """Speak `text` with a random voice, rate and pitch; with probability `noise`, add white noise at a random SNR.
+
+    -> (waveform (S,) at 16 kHz, {"voice", "rate", "pitch", "snr_db"}), the draws recorded for the manifest.
+    """
+    how = {"voice": rng.choice(all_voices), "rate": rng.randint(*RATE_WPM), "pitch": rng.randint(*PITCH)}
+    wave = speak(text, how["voice"], how["rate"], how["pitch"])
     if rng.random() < noise:
-        snr_db = rng.uniform(*NOISE_SNR_DB)
+        how["snr_db"] = round(rng.uniform(*NOISE_SNR_DB), 1)
         power = wave.pow(2).mean().clamp_min(1e-10)
         g = torch.Generator().manual_seed(rng.getrandbits(63))
-        wave = wave + torch.randn(wave.shape, generator=g) * (power / 10 ** (snr_db / 10)).sqrt()
-    return wave
+        wave = wave + torch.randn(wave.shape, generator=g) * (power / 10 ** (how["snr_db"] / 10)).sqrt()
+    return wave, how
 
 
 def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3) -> Path:
@@ -157,10 +163,10 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
         text = random_text(rng, kind, words)
         while text in banned:
             text = random_text(rng, kind, words)
-        wave = random_utterance(rng, text, all_voices, noise)
+        wave, how = random_utterance(rng, text, all_voices, noise)
         name = f"{i:06d}.flac"
         sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
-        rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)})
+        rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)} | how)
     (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp / "recipe.json").write_text(json.dumps(recipe))
     if folder.exists():

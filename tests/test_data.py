@@ -176,7 +176,8 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
 def test_malformed_jsonl_names_the_line(tmp_path):
     write_audio(tmp_path / "a.wav", 0.2)
     good = json.dumps({"audio": "a.wav", "text": "fine"})
-    cases = {"bad.jsonl": (good + "\n{not json\n", ":2:"), "notext.jsonl": (good + "\n\n" + '{"audio": "a.wav"}\n', ":3:"),
+    cases = {"bad.jsonl": (good + "\n{not json\n", ":2:"),
+             "notext.jsonl": (good + "\n\n" + '{"audio": "a.wav"}\n', ":3:"),
              "seconds.jsonl": ('{"audio": "a.wav", "text": "x", "seconds": -1}\n', ":1:")}
     for name, (content, where) in cases.items():
         (tmp_path / name).write_text(content)
@@ -232,7 +233,8 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
     report = train.skipped_report()
     assert {k: v for k, v in report.items() if k != "examples"} == {"unreadable": 3, "empty_text": 1, "too_long": 2}
     text = "\n".join(report["examples"])
-    assert f"{tmp_path / 'garbage.flac'}: not an audio file" in text and f"{tmp_path / 'missing.wav'}: no such file" in text
+    assert f"{tmp_path / 'garbage.flac'}: not an audio file" in text
+    assert f"{tmp_path / 'missing.wav'}: no such file" in text and f"{tmp_path / 'nan.wav'}: " in text
     assert Batches(open_dataset(str(tmp_path / "m.jsonl")), batch_size=1).skipped_report() == {}
 
 
@@ -251,16 +253,15 @@ def test_bucketing_reduces_padding(tmp_path):
     ds = manifest(tmp_path, lengths)
 
     def padding(window):
-        """Padded-but-empty samples over one epoch (12 batches of 4), and the ids the epoch covered."""
-        batches = Batches(ds, batch_size=4, seed=1, window=window)
-        it = iter(batches)
+        """Padded-but-empty samples over one epoch: 12 batches of 4, covering the 48 examples once."""
+        it = iter(Batches(ds, batch_size=4, seed=1, window=window))
         pad, seen = 0, []
         for _ in range(12):
             batch = next(it)
             n = [ex.audio.shape[0] for ex in batch]
             pad += len(n) * max(n) - sum(n)
             seen += [ex.id for ex in batch]
-        assert batches.state_dict()["batch"] == 12 and sorted(seen) == sorted(it.id for it in ds.items)
+        assert sorted(seen) == sorted(item.id for item in ds.items)
         return pad
 
     bucketed, unsorted = padding(window=50), padding(window=1)  # window 1: a batch is sorted only within itself
@@ -281,7 +282,8 @@ def test_exact_resume(tmp_path, kind):
         ds = manifest(tmp_path, lengths)
     else:
         flacs = [write_audio(tmp_path / f"{i}.flac", s, seed=i) for i, s in enumerate(lengths)]
-        ds = open_dataset(str(write_parquet(tmp_path / "d.parquet", flacs, [f"t{i}" for i in range(20)], row_group_size=3)))
+        texts = [f"t{i}" for i in range(20)]
+        ds = open_dataset(str(write_parquet(tmp_path / "d.parquet", flacs, texts, row_group_size=3)))
     # windows of 2 batches of 3 examples: several windows per epoch, a remainder, and epoch boundaries
     make = lambda: Batches(ds, batch_size=3, seed=7, window=2)  # noqa: E731
     reference = take(make(), 22)
@@ -292,6 +294,12 @@ def test_exact_resume(tmp_path, kind):
         after = make()
         after.load_state_dict(state)
         assert take(after, 5) == reference[k:k + 5], k
+    # a position from another setup (here another batch size) cannot be exact: say so, restart that epoch
+    other = Batches(ds, batch_size=2, seed=7, window=2)
+    with pytest.warns(UserWarning, match="global_batch: 3 -> 2"):
+        other.load_state_dict(state)
+    assert state["epoch"] > 0 and (state["window"], state["batch"]) != (0, 0)
+    assert [other.state_dict()[k] for k in ("epoch", "window", "batch")] == [state["epoch"], 0, 0]
 
 
 def test_rank_shards_are_disjoint_and_add_up_to_one_process(tmp_path):

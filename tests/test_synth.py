@@ -1,0 +1,74 @@
+"""Synthetic speech: espeak-ng through ctypes, deterministic by seed, written in the JSONL layout nanoaudio reads."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("espeakng_loader")
+
+from nanoaudio import NanoaudioError, synth  # noqa: E402
+from nanoaudio.audio import SAMPLE_RATE, load_audio  # noqa: E402
+
+
+def test_speak_gives_16khz_speech_whose_length_follows_the_text():
+    short, long = synth.speak("one"), synth.speak("one two three four five six seven")
+    assert short.dtype == torch.float32 and short.ndim == 1
+    assert 0.2 * SAMPLE_RATE < len(short) < len(long) < 6 * SAMPLE_RATE
+    assert 0.01 < long.abs().max() <= 1.0
+
+
+def test_rate_and_voice_change_the_audio():
+    base = synth.speak("three one four", "en-us", 175, 50)
+    assert len(synth.speak("three one four", "en-us", 120, 50)) > len(base) * 1.2  # slower speech is longer
+    other = synth.speak("three one four", "en-us+f3", 175, 50)
+    assert len(other) != len(base) or not torch.equal(other, base)
+    assert len(synth.voices()) > 100 and "en-us+f3" in synth.voices()
+
+
+def test_unknown_voice_is_a_clear_error():
+    with pytest.raises(NanoaudioError, match="no voice 'xx-nope'"):
+        synth.speak("hi", "xx-nope")
+
+
+def test_datasets_are_deterministic_by_seed_and_respect_exclude(tmp_path):
+    a = synth.make_dataset(tmp_path / "a", 6, kind="mixed", seed=3)
+    b = synth.make_dataset(tmp_path / "b", 6, kind="mixed", seed=3)
+    rows_a = [json.loads(line) for line in open(a)]
+    rows_b = [json.loads(line) for line in open(b)]
+    # same texts, voices, rates, pitches, noise; durations equal up to espeak-ng's jitter (see synth's docstring)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        assert abs(ra["seconds"] - rb["seconds"]) < 0.05
+        wa = load_audio(a.parent / ra["audio"])
+        assert abs(len(wa) / SAMPLE_RATE - ra["seconds"]) < 1e-3
+        assert ra["voice"] in synth.voices() and synth.RATE_WPM[0] <= ra["rate"] <= synth.RATE_WPM[1]
+    c = synth.make_dataset(tmp_path / "c", 6, kind="mixed", seed=4)
+    assert [json.loads(line)["text"] for line in open(c)] != [r["text"] for r in rows_a]
+    digits = synth.make_dataset(tmp_path / "d", 30, kind="digits", seed=3, exclude=a)
+    texts = [json.loads(line)["text"] for line in open(digits)]
+    assert not set(texts) & {r["text"] for r in rows_a}
+    assert all(set(t.split()) <= set(synth.DIGITS) for t in texts)
+    assert not (tmp_path / "d.tmp").exists()  # written to a temporary folder, then renamed
+
+
+def test_sentences_use_the_preset_vocabulary(tmp_path):
+    m = synth.make_dataset(tmp_path / "s", 5, kind="sentences", seed=1, noise=1.0)
+    vocab = set(synth.vocabulary())
+    for row in map(json.loads, open(m)):
+        assert set(row["text"].split()) <= vocab
+        assert sf.info(str(m.parent / row["audio"])).samplerate == SAMPLE_RATE
+
+
+def test_cli_writes_a_wav(tmp_path):
+    out = tmp_path / "x.wav"
+    r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "seven eight", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(str(out)).samplerate == SAMPLE_RATE and sf.info(str(out)).frames > 8000
+    r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "x", "--voice", "zz"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
