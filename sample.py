@@ -25,7 +25,8 @@ from nanoaudio import NanoaudioError
 
 BUNDLED = Path(__file__).resolve().parent / "nanoaudio" / "assets" / "tiny-asr"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
-OVERLAP_SECONDS = 2.0  # audio shared by consecutive chunks; long enough to hold a couple of words
+OVERLAP_SECONDS = 2.0  # audio shared by consecutive chunks: a few words, so that some are whole on both sides
+OVERLAP_FRACTION = 0.3  # ... but at most this fraction of a short window (the tiny model's is 4 s)
 
 
 def parse_args(argv=None):
@@ -94,21 +95,54 @@ def stitch(texts):
 # -----------------------------------------------------------------------------
 
 
-def transcribe_batch(model, waves, args, window_s, on_token=None):
+class Streamer:
+    """on_token callback for --stream: prints the new text of row 0 as tokens arrive.
+
+    Decoding token by token would split characters that span several byte-level tokens, so it decodes the
+    whole sequence so far and prints only what is new. A long file is several chunks: each chunk streams on
+    its own line prefixed with its start time, and the stitched transcript follows."""
+
+    def __init__(self, model):
+        self.model, self.ids, self.shown, self.chunks = model, [], "", 0
+
+    def __call__(self, step, tokens):  # tokens: (B,) the ids just generated
+        if step == 0:
+            self.new_chunk()
+        tok = int(tokens[0])
+        if tok in self.model.decoder.eos_token_ids:
+            return
+        self.ids.append(tok)
+        text = self.model.tokenizer.decode(self.ids).lstrip()
+        print(text[len(self.shown):], end="", flush=True)
+        self.shown = text
+
+    def new_chunk(self):
+        if self.chunks:
+            print(flush=True)
+        self.ids, self.shown, self.chunks = [], "", self.chunks + 1
+
+    def finish(self, text):
+        print(flush=True)
+        if self.chunks > 1:
+            print(f"[stitched] {text}", flush=True)
+
+
+def transcribe_batch(model, waves, args, window_s, on_token=None, batch_size=None):
     """Waveforms -> transcripts. Short files are batched together; long ones are chunked and stitched."""
     from nanoaudio.audio import batch_audio
 
+    batch_size = batch_size or args.batch_size
+
     pieces, owners = [], []
     for i, w in enumerate(waves):
-        for c in chunks(w, window_s, OVERLAP_SECONDS):
+        for c in chunks(w, window_s, min(OVERLAP_SECONDS, OVERLAP_FRACTION * window_s)):
             pieces.append(c)
             owners.append(i)
     texts = [[] for _ in waves]
     device = torch.device(args.device)
-    for i in range(0, len(pieces), args.batch_size):
-        wave, mask = batch_audio(pieces[i:i + args.batch_size])
-        dtype = model.projector_dtype
-        ids = model.generate_ids(wave.to(device, dtype), mask.to(device), args.max_new_tokens, on_token=on_token)
+    for i in range(0, len(pieces), batch_size):
+        wave, mask = batch_audio(pieces[i:i + batch_size])
+        ids = model.generate_ids(wave.to(device), mask.to(device), args.max_new_tokens, on_token=on_token)
         for j, row in enumerate(ids):
             texts[owners[i + j]].append(model.tokenizer.decode(row).strip())
     return [stitch(t) for t in texts]
@@ -136,6 +170,7 @@ def trace(model, item, wave, args):
     show("samples", f"S = {S} ({S / SAMPLE_RATE:.2f} s)", f"{SAMPLE_RATE} samples/s, mono float32")
     wav, mask = batch_audio([wave])
     t0 = time.time()
+    wav, mask = wav.to(args.device, next(model.encoder.parameters()).dtype), mask.to(args.device)
     with torch.inference_mode():
         frames = model.encoder(wav, mask)
     t_enc = time.time() - t0
@@ -157,7 +192,7 @@ def trace(model, item, wave, args):
     show("prompt tokens", f"T = {len(ids)} = {len(ids) - n_tok} text + {n_tok} audio",
          f"audio slots at positions {start}..{start + n_tok - 1}", len(ids) - n_tok >= 0)
     t0 = time.time()
-    out = model.generate_ids(wav, mask, args.max_new_tokens)[0]
+    out = model.generate_ids(wav.to(args.device), mask.to(args.device), args.max_new_tokens)[0]
     dt = time.time() - t0
     show("generated tokens", f"N = {len(out)}", f"greedy, KV cache, {len(out) / max(dt, 1e-9):.1f} tokens/s", None, dt)
     text = model.tokenizer.decode(out).strip()
@@ -197,18 +232,15 @@ def main(argv=None):
         except NanoaudioError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
-    for i in range(0, len(waves), args.batch_size):
-        group = waves[i:i + args.batch_size]
-        on_token = None
-        if args.stream:
-            def on_token(step, tok):  # stream the first file of the batch as it is decoded
-                if int(tok[0]) not in model.decoder.eos_token_ids:
-                    print(model.tokenizer.decode([int(tok[0])]), end="", flush=True)
+    batch_size = 1 if args.stream else args.batch_size  # streaming shows one file's tokens at a time
+    for i in range(0, len(waves), batch_size):
+        group = waves[i:i + batch_size]
+        on_token = Streamer(model) if args.stream else None
         t0 = time.time()
-        texts = transcribe_batch(model, [w for _, w in group], args, window_s, on_token)
+        texts = transcribe_batch(model, [w for _, w in group], args, window_s, on_token, batch_size)
         dt = (time.time() - t0) / len(group)
         if args.stream:
-            print(flush=True)
+            on_token.finish(texts[0])
         for (item, wave), text in zip(group, texts):
             seconds = len(wave) / 16000
             if args.json:

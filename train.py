@@ -9,7 +9,7 @@ One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder a
         --eval-data /data/LibriSpeech/dev-clean --precision bf16 --grad-checkpointing
 Several GPUs (DistributedDataParallel, one process per GPU, each on a disjoint shard of the data):
     torchrun --nproc_per_node=8 train.py --decoder qwen3-8b --data openslr/librispeech_asr ...
-Resume exactly where a run stopped (model, optimizer, schedule, RNG and data position):
+Resume exactly where a run stopped (its settings, model, optimizer, schedule, RNG and data position):
     python train.py --resume out/tiny/last
 
 The loop is nanoGPT's: one file, top to bottom, defaults in one block.
@@ -110,7 +110,7 @@ def parse_args(argv=None):
         "eval_every": "evaluate WER every N steps (0: only at the end)",
         "eval_samples": "held-out utterances per evaluation",
         "save_every": "write a checkpoint every N steps",
-        "resume": "checkpoint folder to resume from exactly (e.g. out/run/last)",
+        "resume": "checkpoint folder to resume from exactly (e.g. out/run/last); its run's settings apply",
         "seed": "random seed (data order, dropout, init)",
         "max_audio_seconds": "skip training utterances longer than this",
         "device": "cpu, cuda, cuda:1 ... (default: cuda if available)",
@@ -126,12 +126,19 @@ def parse_args(argv=None):
             kind = type(default) if default is not None else (float if name == "minutes" else str)
             p.add_argument(flag, type=kind, default=None, help=h[name])
     args = p.parse_args(argv)
-    # resolution order: DEFAULTS < preset < explicit flags
+    # resolution order: DEFAULTS < preset < the resumed run's settings < explicit flags
     merged = dict(DEFAULTS)
     if args.preset:
         if args.preset not in PRESETS:
             p.error(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
         merged |= PRESETS[args.preset]
+    if args.resume:  # `--resume FOLDER` alone continues that run: same data, batch size, schedule...
+        state = Path(args.resume) / "trainer_state.json"
+        if not state.is_file():
+            raise NanoaudioError(f"{args.resume}: no trainer_state.json, not a checkpoint train.py wrote "
+                                 f"(e.g. out/run/last)")
+        saved = json.loads(state.read_text()).get("args", {})  # (older checkpoints have none: flags only)
+        merged |= {k: v for k, v in saved.items() if k in DEFAULTS}
     merged |= {k: v for k, v in vars(args).items() if v is not None}
     return argparse.Namespace(**merged)
 
@@ -193,7 +200,12 @@ def build_data(args, model, rank, world):
     if args.decoder == "tiny" and args.data is None:
         from nanoaudio.tiny import tiny_data
 
+        # DDP: rank 0 synthesizes the data; the others wait, then find it on disk (tiny_data reuses it)
+        if rank > 0:
+            dist.barrier()
         args.data, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed)
+        if rank == 0 and world > 1:
+            dist.barrier()
     if args.data is None:
         raise NanoaudioError("no training data: pass --data (LibriSpeech folder, JSONL manifest, parquet, dataset id)")
     train = Batches(open_dataset(args.data), batch_size=args.batch_size, seed=args.seed, rank=rank,
@@ -203,6 +215,14 @@ def build_data(args, model, rank, world):
         name = Path(spec).parent.name if Path(spec).stem == "manifest" else Path(spec).stem  # eval-digits/manifest.jsonl
         evals[name] = open_dataset(spec)
     return train, evals
+
+
+def label_tokens(model, batch):
+    """How many tokens the decoder loss averages over in this batch: the prompt's labels (transcript + end)."""
+    from nanoaudio.model import IGNORE, build_prompt
+
+    prompts = [build_prompt(model.tokenizer, model.family, 0, ex.text, model.config.instruction) for ex in batch]
+    return sum(t != IGNORE for _, _, labels in prompts for t in labels)
 
 
 def to_device(batch, device):
@@ -233,7 +253,7 @@ def evaluate(model, dataset, n, batch_size, device):
 # checkpoints: model files + optimizer/schedule/RNG/data position, written atomically
 
 
-def save_checkpoint(folder, model, optimizer, step, train_batches, log):
+def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None):
     from safetensors.torch import save_file
 
     from nanoaudio.load import atomic_dir
@@ -258,7 +278,8 @@ def save_checkpoint(folder, model, optimizer, step, train_batches, log):
         trainer = {
             "step": step, "param_groups": opt["param_groups"], "state": state,
             "rng_python": random.getstate()[1], "rng_numpy": np.random.get_state()[1].tolist(),
-            "data": train_batches.state_dict(), "log_tail": log[-5:],
+            "rng_numpy_pos": int(np.random.get_state()[2]),  # where in the 624-word key numpy's stream is
+            "data": train_batches.state_dict(), "log_tail": log[-5:], "args": vars(args) if args else {},
         }
         (tmp / "trainer_state.json").write_text(json.dumps(trainer))
 
@@ -276,7 +297,8 @@ def load_trainer_state(folder, optimizer, train_batches):
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     random.setstate((3, tuple(trainer["rng_python"]), None))
-    np.random.set_state(("MT19937", np.array(trainer["rng_numpy"], dtype=np.uint32), 624, 0, 0.0))
+    np.random.set_state(("MT19937", np.array(trainer["rng_numpy"], dtype=np.uint32),
+                         trainer.get("rng_numpy_pos", 624), 0, 0.0))
     train_batches.load_state_dict(trainer["data"])
     return trainer["step"]
 
@@ -298,6 +320,14 @@ def lr_at(step, progress, warmup, peak):
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def expected_steps(steps, step, first_step, elapsed, budget_s):
+    """The step the run will end at: --steps, or sooner if --minutes runs out first at this run's pace so far."""
+    if not budget_s or step == first_step:
+        return steps
+    seconds_per_step = elapsed / (step - first_step)
+    return min(steps, step + int((budget_s - elapsed) / seconds_per_step))
 
 
 # -----------------------------------------------------------------------------
@@ -379,11 +409,16 @@ def main(argv=None):
     budget_s = args.minutes * 60 if args.minutes else None
     total = args.steps
     bar = tqdm(total=total, initial=step, disable=not master, dynamic_ncols=True)
+    first_step = step
     out.mkdir(parents=True, exist_ok=True)
     batches = iter(train_batches)
-    while step < total and not stop["now"]:
+    while step < total:
         elapsed = time.time() - t_start
-        if budget_s and elapsed >= budget_s:
+        if ddp:  # every rank must use the same lr and stop after the same step: agree on the slowest clock
+            agreed = torch.tensor([elapsed, float(stop["now"])], device=device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            elapsed, stop["now"] = agreed[0].item(), bool(agreed[1].item())
+        if stop["now"] or (budget_s and elapsed >= budget_s):
             break
         progress = max(step / total, elapsed / budget_s if budget_s else 0.0)
         lr = lr_at(step, progress, args.warmup, args.lr)
@@ -391,16 +426,29 @@ def main(argv=None):
             g["lr"] = lr
         t0 = time.time()
         loss_sum, n_audio = 0.0, 0.0
-        for micro in range(args.grad_accum):
-            batch = next(batches)
+        micro_batches = [next(batches) for _ in range(args.grad_accum)]
+        # The decoder loss is a mean over label tokens: weight each micro-batch, on each rank, by its share of
+        # the step's label tokens, so that accumulation and DDP (which averages the ranks' gradients) give the
+        # gradient of one batch holding them all. The CTC term is a mean over utterances: plain average.
+        n_labels = [label_tokens(model, batch) for batch in micro_batches]
+        step_labels = torch.tensor(float(sum(n_labels)), device=device)
+        if ddp:
+            dist.all_reduce(step_labels)
+        for micro, batch in enumerate(micro_batches):
             wave, mask, texts = to_device(batch, device)
             n_audio += sum(ex.seconds for ex in batch)
             sync = contextlib.nullcontext() if (not ddp or micro == args.grad_accum - 1) else train_model.no_sync()
             with sync, autocast:
                 outd = train_model(wave, mask, texts)
-                loss = outd["loss"] / args.grad_accum
+                lm_share = n_labels[micro] * world / step_labels  # 1 with one process and one micro-batch
+                ctc_term = outd["loss"] - outd["lm_loss"]  # ctc_weight * CTC loss, or 0
+                loss = outd["lm_loss"] * lm_share + ctc_term / args.grad_accum
             loss.backward()
             loss_sum += loss.item()
+        if ddp:  # log the whole batch's loss, not rank 0's share of it
+            batch_loss = torch.tensor(loss_sum, device=device)
+            dist.all_reduce(batch_loss)
+            loss_sum = batch_loss.item() / world
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -416,15 +464,19 @@ def main(argv=None):
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", gnorm=f"{grad_norm:.2f}",
                             audio=f"{rec['audio_s_per_s']:.0f}s/s")
+            bar.total = expected_steps(total, step, first_step, time.time() - t_start, budget_s)
             bar.update(1)
             if args.eval_every and step % args.eval_every == 0:
-                run_evals(model, evals, args, device, step, out)
+                rec["eval_wer"] = run_evals(model, evals, args, device, step, out)
             if args.save_every and step % args.save_every == 0:
-                save_checkpoint(out / "last", model, optimizer, step, train_batches, log)
+                save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args)
     bar.close()
     if master:
-        save_checkpoint(out / "last", model, optimizer, step, train_batches, log)
-        results = run_evals(model, evals, args, device, step, out)
+        saved_now = log and args.save_every and step % args.save_every == 0
+        if not saved_now:
+            save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args)
+        evaluated_now = log and args.eval_every and step % args.eval_every == 0
+        results = log[-1].get("eval_wer", {}) if evaluated_now else run_evals(model, evals, args, device, step, out)
         plot_loss(out)
         skipped = train_batches.skipped_report() if hasattr(train_batches, "skipped_report") else None
         summary = {"step": step, "minutes": (time.time() - t_start) / 60, "audio_hours": audio_seconds / 3600,

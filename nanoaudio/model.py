@@ -111,6 +111,7 @@ class ASRModel(nn.Module):
 
     def encode_audio(self, waveform, attention_mask=None):
         """(B, S) samples -> audio tokens (B, N, Cd), token mask (B, N) bool, encoder frames, frame mask."""
+        waveform = waveform.to(next(self.encoder.parameters()).dtype)  # a bf16 encoder takes bf16 samples
         with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
             frames = self.encoder(waveform, attention_mask)  # (B, F, Ce)
         if attention_mask is None:

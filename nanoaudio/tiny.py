@@ -42,6 +42,7 @@ DECODER = dict(
     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=1024, tie_word_embeddings=True,
     attention_bias=False, initializer_range=0.02,
 )
+WINDOW_SECONDS = 4.0  # about the longest utterance in its training data: sample.py cuts longer audio into chunks
 VOCAB_SIZE = 1024  # BPE merges enough that nearly every vocabulary word is one token
 
 
@@ -96,7 +97,7 @@ def build_tiny(args, device):
     config = ASRConfig(
         encoder={"name": None, "config": ENCODER}, decoder={"name": None, "config": decoder_cfg},
         projector=dataclasses.asdict(pcfg), lora=None, from_scratch=True, train_encoder=True,
-        ctc_weight=args.ctc_weight, window_seconds=args.max_audio_seconds,
+        ctc_weight=args.ctc_weight, window_seconds=WINDOW_SECONDS,
     )
     return ASRModel(encoder, projector, decoder, tokenizer, config).to(device)
 
