@@ -209,8 +209,8 @@ def main(argv=None):
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED
     if args.checkpoint is None:
         print("nanoaudio: using the bundled tiny model (trained on synthetic espeak-ng speech: digit strings and "
-              "a ~300-word vocabulary; it cannot transcribe general speech). Pass --checkpoint for a real model.",
-              file=sys.stderr)
+              "sentences from a 257-word vocabulary; it cannot transcribe general speech). Pass --checkpoint DIR "
+              "for a model trained with train.py.", file=sys.stderr)
     model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
     window_s = args.window or model.config.window_seconds
     items = list(find_audio(args.inputs))
