@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from nanoaudio import NanoaudioError
+from nanoaudio.tiny import BUNDLED  # the bundled tiny model (nanoaudio/assets/tiny-asr)
 
-BUNDLED = Path(__file__).resolve().parent / "nanoaudio" / "assets" / "tiny-asr"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
 OVERLAP_SECONDS = 2.0  # audio shared by consecutive chunks: a few words, so that some are whole on both sides
 OVERLAP_FRACTION = 0.3  # ... but at most this fraction of a short window (the tiny model's is 4 s)

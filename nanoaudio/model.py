@@ -231,8 +231,10 @@ class ASRModel(nn.Module):
         sd |= {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
         return sd
 
-    def save_to(self, folder: Path):
-        """Write the checkpoint files into an existing folder (use save() for the atomic version)."""
+    def save_to(self, folder: Path, dtype=None):
+        """Write the checkpoint files into an existing folder (use save() for the atomic version).
+
+        dtype: store floating tensors in this dtype (the bundled tiny model: float16, half the bytes)."""
         from safetensors.torch import save_file
 
         from nanoaudio.lora import save_adapter
@@ -241,14 +243,15 @@ class ASRModel(nn.Module):
         (folder / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         sd = self.trainable_state_dict()
         # tied embeddings share storage: safetensors refuses shared tensors, so store a copy of each view
-        save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, folder / "model.safetensors")
+        cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+        save_file({k: cast(v.detach()).contiguous().clone() for k, v in sd.items()}, folder / "model.safetensors")
         if self.config.lora:
             save_adapter(self.decoder, folder, base_model_name=self.config.decoder.get("name"))
         self.tokenizer.save(folder)
 
-    def save(self, folder):
+    def save(self, folder, dtype=None):
         with atomic_dir(folder) as tmp:
-            self.save_to(tmp)
+            self.save_to(tmp, dtype)
 
     @classmethod
     def load(cls, folder, dtype=None, device="cpu") -> "ASRModel":
@@ -263,6 +266,8 @@ class ASRModel(nn.Module):
         if "projector" not in raw or "decoder" not in raw:
             raise NanoaudioError(f"{folder / 'config.json'}: not a nanoaudio checkpoint (no projector/decoder)")
         config = ASRConfig(**raw)
+        if dtype is None and config.from_scratch:
+            dtype = torch.float32  # a small model stored in half precision (the bundled one) runs in fp32
         tensors = read_tensors(folder, dtype=dtype, device=device)
 
         def part(prefix):

@@ -119,3 +119,39 @@ def tiny_data(folder, seed: int = 0, n_train: int = 12000, n_eval: int = 200):
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+BUNDLED = ASSETS / "tiny-asr"  # what sample.py uses when no --checkpoint is given
+
+
+def export(checkpoint, out=BUNDLED) -> Path:
+    """A train.py checkpoint -> the bundled model: the model files only (no optimizer or trainer state), weights
+    stored in float16 (half the bytes; ASRModel.load runs a from-scratch model in float32 again)."""
+    from nanoaudio.model import ASRModel
+
+    ASRModel.load(checkpoint).save(out, dtype=torch.float16)
+    return Path(out)
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="The tiny preset's tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write a train.py checkpoint as the bundled model (float16, model files only)")
+    e.add_argument("checkpoint", help="e.g. out/tiny/last")
+    e.add_argument("--out", default=str(BUNDLED), help="destination folder (default: the bundled model's)")
+    args = p.parse_args(argv)
+    print(export(args.checkpoint, args.out))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from nanoaudio import NanoaudioError
+
+    try:
+        main()
+    except NanoaudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

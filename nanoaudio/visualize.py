@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import HOP_LENGTH, SAMPLE_RATE
+from nanoaudio.tiny import BUNDLED  # the bundled tiny model
 
-BUNDLED = Path(__file__).resolve().parent / "assets" / "tiny-asr"
 TOP_K = 3  # nearest text tokens shown per audio token
 VOCAB_CHUNK = 16384  # embedding rows per cosine matmul: Qwen3's 151k x 4096 never needs a full fp32 copy
 LABEL_CHARS = 8  # token strings are cut to this many characters in the figure

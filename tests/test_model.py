@@ -172,3 +172,25 @@ def test_prompt_never_hits_the_tokenizer_with_the_audio_marker(tokenizer):
     ids, start, _ = build_prompt(tokenizer, "qwen3", 3, "hi")
     text = tokenizer.decode(ids[:start], skip_special_tokens=False)
     assert "\x00" not in text and text.endswith("<|im_start|>user\n")
+
+
+def test_tiny_export_halves_the_bytes_and_loads_back_in_fp32(tmp_path):
+    from safetensors import safe_open
+
+    from nanoaudio.tiny import export
+
+    args = train.parse_args(["--preset", "tiny"])
+    torch.manual_seed(0)
+    model = train.build_model(args, torch.device("cpu")).eval()
+    model.save(tmp_path / "full")
+    export(tmp_path / "full", tmp_path / "bundle")
+    assert {p.name for p in (tmp_path / "bundle").iterdir()} == {"config.json", "model.safetensors",
+                                                                  "tokenizer.json", "tokenizer_config.json"}
+    with safe_open(str(tmp_path / "bundle" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    full = (tmp_path / "full" / "model.safetensors").stat().st_size
+    assert (tmp_path / "bundle" / "model.safetensors").stat().st_size < 0.55 * full
+    loaded = ASRModel.load(tmp_path / "bundle")
+    for (n, p), q in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert q.dtype == torch.float32
+        torch.testing.assert_close(q, p.half().float(), atol=0, rtol=0, msg=n)
