@@ -23,7 +23,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -532,8 +531,6 @@ def plot_loss(out):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NanoaudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    from nanoaudio import run_cli
+
+    run_cli(main)

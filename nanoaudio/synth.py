@@ -22,7 +22,6 @@ import argparse
 import ctypes
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,8 +203,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NanoaudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    from nanoaudio import run_cli
+
+    run_cli(main)

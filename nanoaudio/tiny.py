@@ -146,12 +146,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import sys
+    from nanoaudio import run_cli
 
-    from nanoaudio import NanoaudioError
-
-    try:
-        main()
-    except NanoaudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main)
