@@ -5,7 +5,7 @@ Same classes as the real models, at tiny sizes (sizes chosen so 2 CPU cores trai
               frames/s), 4 pre-LN Transformer layers of width 192, and a CTC head over the 32 characters
               of the *-ls960-ft checkpoints
     projector AudioProjector: stack k=5 frames -> RMSNorm -> Linear(960 -> 256) -> Dropout -> RMSNorm
-    decoder   Decoder: a Qwen3-style model (q_norm/k_norm, RoPE, GQA 4/2), 4 layers of width 256, tied head
+    decoder   Decoder: a Qwen3-style model (q_norm/k_norm, RoPE), 4 layers of width 256, 8 heads of 32, tied head
     tokenizer a byte-level BPE in Qwen3's format (same pre-tokenizer, same chat special tokens), trained here
               with `tokenizers` on the preset's vocabulary (nanoaudio/assets/tiny_vocab.txt)
 Data: synthetic speech (nanoaudio/synth.py, espeak-ng voices at random rate and pitch): digit strings and
@@ -38,7 +38,10 @@ ENCODER = dict(
 )
 DECODER = dict(
     model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=256, intermediate_size=768,
-    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, hidden_act="silu",
+    # 8 heads of 32 rather than 4 of 64 (or GQA 4/2): a from-scratch decoder must learn to walk through the
+    # audio tokens in order, and more heads find that alignment sooner (measured: decoder loss 2.90 vs 3.15
+    # after 500 steps, digit WER 56% vs 68% after 5 minutes, on the same pre-trained encoder)
+    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8, head_dim=32, hidden_act="silu",
     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=1024, tie_word_embeddings=True,
     attention_bias=False, initializer_range=0.02,
 )
@@ -102,9 +105,11 @@ def build_tiny(args, device):
     return ASRModel(encoder, projector, decoder, tokenizer, config).to(device)
 
 
-def tiny_data(folder, seed: int = 0, n_train: int = 12000, n_eval: int = 200):
+def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200):
     """Synthesize (once) the preset's training set and two held-out sets -> (train spec, eval specs).
 
+    36,000 training utterances (~17 hours of speech, ~3.5 minutes to synthesize on 2 cores): an hour of training
+    sees each about 3 times, so the decoder cannot get by on memorized transcripts.
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's
     `exclude`), spoken by voices/rates/pitches drawn from all of espeak-ng's variants.
     """
