@@ -7,8 +7,8 @@ Transcribe audio files with a nanoaudio checkpoint.
     cat audio.wav | python sample.py -               # from standard input
     python sample.py audio.wav --trace               # every stage, its shape and the formula behind it
 
-Files longer than the model's window (30 s for real models) are cut into overlapping chunks whose transcripts
-are stitched where they agree, so no word is dropped or repeated at a seam.
+Files longer than the model's window (30 s for real models) are cut into overlapping chunks, each cut in the
+quietest moment near it, and the transcripts stitched where they agree, so no word is dropped or repeated at a seam.
 """
 
 import argparse
@@ -66,29 +66,68 @@ def read(item):
 # long audio: overlapping windows, stitched where consecutive transcripts agree
 
 
+def quietest(wave, lo, hi, sr=16000):
+    """The sample in [lo, hi) at the centre of the quietest 20 ms of audio there: the best place to cut."""
+    hop = sr // 100  # 10 ms steps
+    lo, hi = max(0, lo), min(len(wave), hi)
+    if hi - lo < 2 * hop:
+        return lo
+    energy = wave[lo:hi].float().pow(2).unfold(0, 2 * hop, hop).mean(-1)  # (n,) mean power of each 20 ms
+    return lo + int(energy.argmin()) * hop + hop
+
+
+def chunk_bounds(wave, window_s, overlap_s, sr=16000):
+    """[(start, end)] sample offsets of windows of at most window_s seconds, consecutive ones sharing about
+    overlap_s seconds.
+
+    A fixed grid would cut through words, and a model garbles the word it hears half of (the tiny model, trained
+    on whole utterances, garbles the whole window). So each cut is moved to the quietest moment near it: a window
+    ends at the quietest point of its last overlap_s / 2 seconds, and the next starts at the quietest point
+    between overlap_s and overlap_s / 2 seconds before that end. Both ends of the shared audio then tend to sit in
+    pauses, so the words in it are whole on both sides and stitch() finds them in both transcripts.
+    """
+    win, ov = int(window_s * sr), int(overlap_s * sr)
+    bounds, start = [], 0
+    while start + win < len(wave):
+        end = quietest(wave, start + win - ov // 2, start + win, sr)
+        bounds.append((start, end))
+        start = max(start + 1, quietest(wave, end - ov, end - ov // 2, sr))
+    return bounds + [(start, len(wave))]
+
+
 def chunks(wave, window_s, overlap_s, sr=16000):
-    """Start offsets of windows of window_s seconds, each overlapping the previous by overlap_s."""
-    win, hop = int(window_s * sr), int((window_s - overlap_s) * sr)
-    if len(wave) <= win:
-        return [wave]
-    starts = list(range(0, len(wave) - win + hop, hop))
-    return [wave[s:s + win] for s in starts if s < len(wave)]
+    """The windows of chunk_bounds, as views of wave."""
+    return [wave[s:e] for s, e in chunk_bounds(wave, window_s, overlap_s, sr)]
 
 
 def stitch(texts):
-    """Join chunk transcripts: where the end of one and the start of the next say the same words (the
-    overlap), keep them once, cutting in the middle of the longest common run of words."""
+    """Join chunk transcripts, keeping the words of each overlap once.
+
+    The overlap is the end of one chunk and the start of the next, so the two transcripts should share a run of
+    words there. Of all common runs of the previous chunk's words and the next chunk's, take the longest, and of equally long ones the one closest to the seam (a lone common word far from it is a
+    coincidence, not the overlap); cut in its middle. Nothing in common: concatenate.
+    """
     words = texts[0].split() if texts else []
+    prev = len(words)
     for text in texts[1:]:
         nxt = text.split()
-        tail = words[-40:]  # the overlap is a couple of seconds: it lives in the last words
-        m = SequenceMatcher(a=tail, b=nxt[:40], autojunk=False).find_longest_match(0, len(tail), 0, min(40, len(nxt)))
-        if m.size > 0:
-            cut_a = len(words) - len(tail) + m.a + (m.size + 1) // 2
-            cut_b = m.b + (m.size + 1) // 2
-            words = words[:cut_a] + nxt[cut_b:]
+        tail = words[len(words) - prev:]  # the previous chunk's words: the overlap is inside them
+        best = None  # (run length, -distance to the seam, i, j)
+        for i in range(len(tail)):
+            for j in range(len(nxt)):
+                n = 0
+                while i + n < len(tail) and j + n < len(nxt) and tail[i + n] == nxt[j + n]:
+                    n += 1
+                if n:
+                    key = (n, -((len(tail) - i - n) + j), i, j)
+                    best = key if best is None or key[:2] > best[:2] else best
+        if best is None:
+            words, prev = words + nxt, len(nxt)
         else:
-            words += nxt
+            n, _, i, j = best
+            cut = (n + 1) // 2
+            words = words[:len(words) - len(tail) + i + cut] + nxt[j + cut:]
+            prev = len(nxt) - j - cut
     return " ".join(words)
 
 

@@ -26,7 +26,7 @@ pytest.importorskip("espeakng_loader")
 from nanoaudio import synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_DIGIT_WER = 0.75  # the bundled model's measured held-out digit WER (README), plus margin for 12 utterances
+MAX_DIGIT_WER = 0.15  # the bundled model's measured held-out digit WER is 1.4% (README): margin for 12 utterances
 UTTERANCES = {  # name -> (text, voice, rate, pitch)
     "a": ("three one four one five", "en-us", 160, 50),
     "b": ("seven two nine", "en+m3", 170, 45),
@@ -61,6 +61,13 @@ def test_the_cli_prints_what_the_bundled_model_transcribes(clips, bundled):
     assert out.strip() == bundled.transcribe([clips / "a.wav"])[0]
     assert "bundled tiny model" in err  # the one-line notice of what it can and cannot do
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_bundled_model_transcribes_clean_digit_strings_exactly(clips):
+    code, out, err = run(clips, "--batch-size", "3")
+    assert code == 0, err
+    got = {Path(path).stem: text for path, text in (line.split("\t") for line in out.strip().splitlines())}
+    assert got == {name: text for name, (text, *_) in UTTERANCES.items()}
 
 
 def test_the_bundled_model_knows_digit_strings(tmp_path):
@@ -134,20 +141,33 @@ def test_stitch_keeps_overlapping_words_once():
     assert sample.stitch(["a b", "c d"]) == "a b c d"  # nothing in common: concatenate
     assert sample.stitch(["", "x y"]) == "x y"
     assert sample.stitch(["seven"]) == "seven"
+    # a lone common word far from the seam is a coincidence: the run nearest the seam wins, nothing is lost
+    assert sample.stitch(["one two one three eight one four", "four five"]) == "one two one three eight one four five"
+    assert sample.stitch(["six one two three nine", "three nine one seven", "seven eight"]) == \
+        "six one two three nine one seven eight"
 
 
-def test_chunks_cover_the_audio_with_overlap():
-    wave = torch.arange(int(20.5 * SAMPLE_RATE))
-    pieces = sample.chunks(wave, 8.0, 2.0)
-    starts = [int(p[0]) for p in pieces]
-    assert starts == [0, 6 * SAMPLE_RATE, 12 * SAMPLE_RATE, 18 * SAMPLE_RATE]
-    assert int(pieces[-1][-1]) == len(wave) - 1  # the end is covered
-    assert all(len(p) <= 8 * SAMPLE_RATE for p in pieces)
-    assert len(sample.chunks(wave[:SAMPLE_RATE], 8.0, 2.0)) == 1
+def test_chunks_cut_in_pauses_and_overlap():
+    # 0.45 s bursts of noise (words) every 0.6 s, so 0.15 s pauses between them; 20.5 s in all
+    period, word = int(0.6 * SAMPLE_RATE), int(0.45 * SAMPLE_RATE)
+    wave = torch.zeros(int(20.5 * SAMPLE_RATE))
+    g = torch.Generator().manual_seed(0)
+    for s in range(0, len(wave), period):
+        wave[s:s + word] = 0.1 * torch.randn(len(wave[s:s + word]), generator=g)
+    bounds = sample.chunk_bounds(wave, 8.0, 2.0)
+    assert len(bounds) >= 3 and bounds[0][0] == 0 and bounds[-1][1] == len(wave)  # the whole file is covered
+    for (s0, e0), (s1, e1) in zip(bounds, bounds[1:]):
+        assert e0 - s0 <= 8 * SAMPLE_RATE
+        assert s0 < s1 < e0 and e0 - s1 <= 2 * SAMPLE_RATE  # consecutive windows share at most 2 s
+        assert e0 % period >= word and s1 % period >= word  # and both ends of what they share are in pauses
+    assert [len(p) for p in sample.chunks(wave, 8.0, 2.0)] == [e - s for s, e in bounds]
+    assert sample.chunk_bounds(wave[:SAMPLE_RATE], 8.0, 2.0) == [(0, SAMPLE_RATE)]
 
 
 def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
     # several windows of speech: digit strings separated by short pauses
+    from nanoaudio.text import wer
+
     texts = ["four two seven", "nine one three", "six zero eight", "five five two", "one seven nine",
              "three eight four", "two six zero", "eight one five"]
     pause = torch.zeros(int(0.3 * SAMPLE_RATE))
@@ -160,6 +180,9 @@ def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
     assert code == 0, err
     # the CLI's transcript is the stitch of each window's own transcript (the seam logic: test_stitch_*)
     assert out.strip() == sample.stitch(bundled.transcribe(pieces, batch_size=1))
+    # ... and it is the speech: no run of words lost or repeated at a seam (measured: WER 0.17, all of it the
+    # model's own slips, e.g. a word heard in a pause, which it never met in its training utterances)
+    assert wer([" ".join(texts)], [out.strip()]) <= 0.3
 
 
 def test_bad_inputs_are_reported_one_line_each_and_the_rest_still_runs(clips, tmp_path):
