@@ -16,7 +16,6 @@ import io
 import json
 import sys
 import time
-from difflib import SequenceMatcher
 from pathlib import Path
 
 import torch
@@ -104,8 +103,9 @@ def stitch(texts):
     """Join chunk transcripts, keeping the words of each overlap once.
 
     The overlap is the end of one chunk and the start of the next, so the two transcripts should share a run of
-    words there. Of all common runs of the previous chunk's words and the next chunk's, take the longest, and of equally long ones the one closest to the seam (a lone common word far from it is a
-    coincidence, not the overlap); cut in its middle. Nothing in common: concatenate.
+    words there. Of all common runs of the previous chunk's words and the next chunk's, take the longest, and of
+    equally long ones the one closest to the seam (a lone common word far from it is a coincidence, not the
+    overlap); cut in its middle. Nothing in common: concatenate.
     """
     words = texts[0].split() if texts else []
     prev = len(words)

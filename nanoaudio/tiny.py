@@ -108,8 +108,8 @@ def build_tiny(args, device):
 def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200):
     """Synthesize (once) the preset's training set and two held-out sets -> (train spec, eval specs).
 
-    36,000 training utterances (~17 hours of speech, ~3.5 minutes to synthesize on 2 cores): an hour of training
-    sees each about 3 times, so the decoder cannot get by on memorized transcripts.
+    36,000 training utterances (18.1 hours of speech, 3.7 minutes to synthesize on 2 cores): the 52-minute run
+    sees each about 2.4 times, so the decoder cannot get by on memorized transcripts.
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's
     `exclude`), spoken by voices/rates/pitches drawn from all of espeak-ng's variants.
     """

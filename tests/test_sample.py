@@ -188,8 +188,10 @@ def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
 def peak_rss_mb(*args):
     """Run sample.py in a subprocess that reports its own peak resident memory -> (stdout, peak MB)."""
     report = ("import atexit, resource, runpy, sys; "
-              "atexit.register(lambda: sys.stderr.write(f'peak_rss_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')); "
-              f"sys.argv = ['sample.py', *{[str(a) for a in args]!r}]; runpy.run_path('sample.py', run_name='__main__')")
+              "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+              "atexit.register(lambda: sys.stderr.write(f'peak_rss_kb {peak()}\\n')); "
+              f"sys.argv = ['sample.py', *{[str(a) for a in args]!r}]; "
+              "runpy.run_path('sample.py', run_name='__main__')")
     r = subprocess.run([sys.executable, "-c", report], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout, int(r.stderr.split("peak_rss_kb ")[-1].split()[0]) / 1024
