@@ -65,6 +65,7 @@ DEFAULTS = dict(
     compile=False,
     clip=1.0,
     ctc_weight=0.0,
+    encoder_first=0.0,  # from scratch: this share of the run trains the encoder alone (CTC), then freezes it
     preset=None,
 )
 
@@ -118,6 +119,9 @@ def parse_args(argv=None):
         "compile": "torch.compile the decoder",
         "clip": "gradient-norm clipping",
         "ctc_weight": "weight of the CTC loss on the encoder frames (needs a CTC head; the tiny preset uses 0.5)",
+        "encoder_first": "share of the run (of --steps, or of --minutes) that trains the encoder alone on its CTC "
+                         "loss; the rest trains projector + decoder on it, frozen. Each stage has its own warmup "
+                         "and cosine (0: one stage, everything together)",
     }
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
@@ -259,7 +263,7 @@ def evaluate(model, dataset, n, batch_size, device):
 # checkpoints: model files + optimizer/schedule/RNG/data position, written atomically
 
 
-def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None):
+def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None, stage2_step=None):
     from safetensors.torch import save_file
 
     from nanoaudio.load import atomic_dir
@@ -286,6 +290,7 @@ def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=Non
             "rng_python": random.getstate()[1], "rng_numpy": np.random.get_state()[1].tolist(),
             "rng_numpy_pos": int(np.random.get_state()[2]),  # where in the 624-word key numpy's stream is
             "data": train_batches.state_dict(), "log_tail": log[-5:], "args": vars(args) if args else {},
+            "stage2_step": stage2_step,
         }
         (tmp / "trainer_state.json").write_text(json.dumps(trainer))
 
@@ -373,6 +378,11 @@ def main(argv=None):
     else:
         model = build_model(args, device)
     model.to(device).train()
+    if not 0 <= args.encoder_first < 1:
+        raise NanoaudioError(f"--encoder-first is a share of the run, in [0, 1): got {args.encoder_first}")
+    if args.encoder_first and not (model.config.from_scratch and model.config.ctc_weight > 0):
+        raise NanoaudioError("--encoder-first trains the encoder alone on its CTC loss: it needs a from-scratch model "
+                             "with --ctc-weight > 0 (the tiny preset)")
     train_batches, evals = build_data(args, model, rank, world)
 
     from nanoaudio.budget import estimate_for_model, format_budget
@@ -395,11 +405,20 @@ def main(argv=None):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
                                   fused=device.type == "cuda")
     step = load_trainer_state(args.resume, optimizer, train_batches) if args.resume else 0
+    # two stages (--encoder-first): the step where the second began, None before it (or with one stage)
+    if args.resume:
+        from nanoaudio.load import read_json
+
+        stage2 = read_json(Path(args.resume) / "trainer_state.json").get("stage2_step")
+    else:
+        stage2 = None
 
     train_model = model
     if ddp:
+        # two stages: the decoder sits out the first, the encoder the second (DDP must expect unused parameters)
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(args.encoder_first))
     if args.compile:
         model.decoder = torch.compile(model.decoder)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.precision == "bf16"
@@ -427,7 +446,18 @@ def main(argv=None):
         if stop["now"] or (budget_s and elapsed >= budget_s):
             break
         progress = max(step / total, elapsed / budget_s if budget_s else 0.0)
-        lr = lr_at(step, progress, args.warmup, args.lr)
+        if args.encoder_first and stage2 is None and progress >= args.encoder_first:
+            stage2 = step
+        if stage2 is not None and any(p.requires_grad for p in model.encoder.parameters()):
+            # Stage 2: the encoder is done, as a real CTC-fine-tuned encoder is; each step skips its backward
+            # pass. Why two stages at all: see nanoaudio/tiny.py.
+            model.encoder.requires_grad_(False)
+        if not args.encoder_first:
+            lr = lr_at(step, progress, args.warmup, args.lr)
+        elif stage2 is None:  # each stage its own warmup and cosine: the decoder starts as fresh as the encoder did
+            lr = lr_at(step, progress / args.encoder_first, args.warmup, args.lr)
+        else:
+            lr = lr_at(step - stage2, (progress - args.encoder_first) / (1 - args.encoder_first), args.warmup, args.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
         t0 = time.time()
@@ -445,7 +475,7 @@ def main(argv=None):
             n_audio += sum(ex.seconds for ex in batch)
             sync = contextlib.nullcontext() if (not ddp or micro == args.grad_accum - 1) else train_model.no_sync()
             with sync, autocast:
-                outd = train_model(wave, mask, texts)
+                outd = train_model(wave, mask, texts, lm=not args.encoder_first or stage2 is not None)
                 lm_share = n_labels[micro] * world / step_labels  # 1 with one process and one micro-batch
                 ctc_term = outd["loss"] - outd["lm_loss"]  # ctc_weight * CTC loss, or 0
                 loss = outd["lm_loss"] * lm_share + ctc_term / args.grad_accum
@@ -475,12 +505,12 @@ def main(argv=None):
             if args.eval_every and step % args.eval_every == 0:
                 rec["eval_wer"] = run_evals(model, evals, args, device, step, out)
             if args.save_every and step % args.save_every == 0:
-                save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args)
+                save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, stage2)
     bar.close()
     if master:
         saved_now = log and args.save_every and step % args.save_every == 0
         if not saved_now:
-            save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args)
+            save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, stage2)
         evaluated_now = log and args.eval_every and step % args.eval_every == 0
         results = log[-1].get("eval_wer", {}) if evaluated_now else run_evals(model, evals, args, device, step, out)
         plot_loss(out)

@@ -153,8 +153,17 @@ class ASRModel(nn.Module):
 
     # training ------------------------------------------------------------------
 
-    def forward(self, waveform, attention_mask, transcripts: list[str]):
-        """-> dict(loss, per_sample (B,), lm_loss, ctc_loss). loss = lm_loss + ctc_weight * ctc_loss."""
+    def forward(self, waveform, attention_mask, transcripts: list[str], lm: bool = True):
+        """-> dict(loss, per_sample (B,), lm_loss, ctc_loss). loss = lm_loss + ctc_weight * ctc_loss.
+
+        lm=False: the encoder alone, on its CTC loss (lm_loss and per_sample are 0; the decoder never runs).
+        """
+        if not lm:
+            frames = self.encoder(waveform.to(next(self.encoder.parameters()).dtype), attention_mask)
+            ctc = self.ctc_loss(frames, self.encoder.frame_mask(attention_mask), transcripts)
+            zero = ctc.new_zeros(())
+            return {"lm_loss": zero, "per_sample": ctc.new_zeros(len(transcripts)), "ctc_loss": ctc,
+                    "loss": self.config.ctc_weight * ctc}
         tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
         counts = token_mask.sum(1).tolist()
         prompts = [build_prompt(self.tokenizer, self.family, n, t, self.config.instruction)

@@ -94,6 +94,9 @@ def trainer_state(folder) -> dict:
 def run_a(data, tmp_path_factory):
     """6 steps uninterrupted, saving at step 3 too, into an out folder whose `last` holds a stale file.
 
+    Two stages (--encoder-first 0.5): steps 1-3 train the encoder alone, 4-6 the rest on it,
+    frozen; the run resumed from step 3 must cross into the second stage exactly as this one did.
+
     Each save of `last` is also copied to step<N>: step3 is the checkpoint an interrupted run would leave.
     """
     out = tmp_path_factory.mktemp("a")
@@ -107,7 +110,7 @@ def run_a(data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "save_checkpoint", save_and_keep)
-        run_main([*FAST, "--data", data, "--out", out, "--steps", 6, "--save-every", 3])
+        run_main([*FAST, "--data", data, "--out", out, "--steps", 6, "--save-every", 3, "--encoder-first", 0.5])
     return out
 
 
@@ -117,6 +120,7 @@ def run_a(data, tmp_path_factory):
 
 def test_resume_continues_exactly(run_a, tmp_path):
     assert trainer_state(run_a / "step3")["step"] == 3
+    assert trainer_state(run_a / "step3")["stage2_step"] is None and trainer_state(run_a / "last")["stage2_step"] == 3
     # only --resume and --out: every other setting (--steps 6, the data, the preset...) comes from the checkpoint
     run_main(["--resume", run_a / "step3", "--out", tmp_path / "b"])
     assert trainer_state(tmp_path / "b" / "last")["step"] == 6
@@ -128,6 +132,25 @@ def test_resume_continues_exactly(run_a, tmp_path):
     assert a_params.keys() == b_params.keys()
     for name, p in a_params.items():
         torch.testing.assert_close(b_params[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_two_stages_train_the_encoder_then_the_rest(run_a):
+    """--encoder-first 0.5 of 6 steps: steps 1-3 move only the encoder, 4-6 only the projector and decoder."""
+    torch.manual_seed(1337)  # train.py's default seed, set before build_model
+    init = train.build_model(train.parse_args(FAST), torch.device("cpu")).trainable_state_dict()
+    stage1, final = load_file(run_a / "step3" / "model.safetensors"), load_file(run_a / "last" / "model.safetensors")
+
+    def moved(a, b, part):
+        return [name for name in a if name.startswith(part) and not torch.equal(a[name], b[name])]
+
+    encoder = [name for name in init if name.startswith("encoder.")]
+    assert encoder and len(moved(init, stage1, "encoder.")) == len(encoder)  # every encoder tensor trained...
+    assert moved(stage1, final, "encoder.") == []  # ...then frozen, bit for bit
+    assert moved(init, stage1, "decoder.") == moved(init, stage1, "projector.") == []  # the decoder sat out
+    assert moved(stage1, final, "decoder.") and moved(stage1, final, "projector.")
+    log = [r for r in map(json.loads, open(run_a / "log.jsonl")) if "loss" in r]
+    assert [r["lm_loss"] for r in log[:3]] == [0.0] * 3 and all(r["lm_loss"] > 0 for r in log[3:])
+    assert [r["lr"] for r in log[3:5]] == [r["lr"] for r in log[:2]]  # stage 2 warms up again from the start
 
 
 def test_checkpoint_restores_every_random_generator(run_a, data, tmp_path):
@@ -203,7 +226,8 @@ def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(data, tmp_
     script = tmp_path / "train_without_dropout.py"
     script.write_text(NO_DROPOUT.format(root=str(ROOT)))
     # --minutes: the ranks must also agree on the clock (the schedule's progress, when to stop)
-    flags = [*FAST, "--data", data, "--steps", "3", "--minutes", "60"]
+    # --encoder-first: step 1 trains only the encoder, steps 2-3 only the rest (DDP with unused parameters)
+    flags = [*FAST, "--data", data, "--steps", "3", "--minutes", "60", "--encoder-first", "0.5"]
     one = subprocess.run([sys.executable, str(script), *flags, "--batch-size", "4", "--out", str(tmp_path / "one")],
                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -268,6 +292,13 @@ def test_missing_data_is_a_one_line_error(tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "/nonexistent/train.jsonl" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_encoder_first_must_be_a_share_of_the_run(data, tmp_path):
+    for bad in ("1", "1.5", "-0.1"):
+        with pytest.raises(NanoaudioError, match=f"--encoder-first .*got {bad}"):
+            run_main([*FAST, "--data", data, "--out", tmp_path / "run", "--encoder-first", bad])
     assert not (tmp_path / "run").exists()
 
 
