@@ -109,14 +109,18 @@ class ASRModel(nn.Module):
 
     # audio -> tokens ---------------------------------------------------------
 
-    def encode_audio(self, waveform, attention_mask=None):
-        """(B, S) samples -> audio tokens (B, N, Cd), token mask (B, N) bool, encoder frames, frame mask."""
+    def encode_frames(self, waveform, attention_mask=None):
+        """(B, S) samples -> encoder frames (B, F, Ce), frame mask (B, F) bool."""
         waveform = waveform.to(next(self.encoder.parameters()).dtype)  # a bf16 encoder takes bf16 samples
         with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
             frames = self.encoder(waveform, attention_mask)  # (B, F, Ce)
         if attention_mask is None:
             attention_mask = torch.ones(waveform.shape, dtype=torch.long, device=waveform.device)
-        frame_mask = self.encoder.frame_mask(attention_mask)  # (B, F)
+        return frames, self.encoder.frame_mask(attention_mask)
+
+    def encode_audio(self, waveform, attention_mask=None):
+        """(B, S) samples -> audio tokens (B, N, Cd), token mask (B, N) bool, encoder frames, frame mask."""
+        frames, frame_mask = self.encode_frames(waveform, attention_mask)
         tokens, token_mask = self.projector(frames.to(self.projector_dtype), frame_mask)  # (B, N, Cd), (B, N)
         return tokens, token_mask, frames, frame_mask
 
@@ -159,10 +163,8 @@ class ASRModel(nn.Module):
         lm=False: the encoder alone, on its CTC loss (lm_loss and per_sample are 0; the decoder never runs).
         """
         if not lm:
-            frames = self.encoder(waveform.to(next(self.encoder.parameters()).dtype), attention_mask)
-            ctc = self.ctc_loss(frames, self.encoder.frame_mask(attention_mask), transcripts)
-            zero = ctc.new_zeros(())
-            return {"lm_loss": zero, "per_sample": ctc.new_zeros(len(transcripts)), "ctc_loss": ctc,
+            ctc = self.ctc_loss(*self.encode_frames(waveform, attention_mask), transcripts)
+            return {"lm_loss": ctc.new_zeros(()), "per_sample": ctc.new_zeros(len(transcripts)), "ctc_loss": ctc,
                     "loss": self.config.ctc_weight * ctc}
         tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
         counts = token_mask.sum(1).tolist()
