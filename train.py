@@ -41,6 +41,8 @@ DEFAULTS = dict(
     stack=5,  # frames stacked per audio token: 50 frames/s -> 10 tokens/s
     data=None,
     eval_data=None,
+    easy_data=None,  # a curriculum: the decoder's first --easy-steps steps train on this, then on --data
+    easy_steps=0,
     out="out/run",
     steps=2000,
     minutes=None,  # wall-clock budget; the LR schedule then follows elapsed time
@@ -76,7 +78,8 @@ PRESETS = {
     # run), and this model learns more per second from more, noisier steps than from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="fp32", eval_every=2500, eval_samples=100, save_every=500,
-                 ctc_weight=0.5, max_audio_seconds=8.0, lora_r=0, weight_decay=0.0),
+                 ctc_weight=0.5, encoder_first=0.5, easy_steps=700, max_audio_seconds=8.0, lora_r=0,
+                 weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
                                  batch_size=8, grad_accum=4, lr=1e-4, warmup=500, grad_checkpointing=True),
@@ -95,6 +98,9 @@ def parse_args(argv=None):
         "stack": "encoder frames stacked into one audio token (k)",
         "data": "training data: LibriSpeech folder, JSONL manifest, parquet file/folder or HF dataset id",
         "eval_data": "held-out data in the same formats, for WER",
+        "easy_data": "curriculum: data (same formats) for the decoder's first --easy-steps steps (from step 0, or from "
+                     "the start of stage 2 with --encoder-first); the tiny preset uses its digit strings",
+        "easy_steps": "steps on --easy-data before --data (0: no curriculum)",
         "out": "output folder (checkpoints, log.jsonl, loss.png)",
         "steps": "optimizer steps",
         "minutes": "wall-clock budget in minutes; training stops (and saves) when it is spent",
@@ -208,18 +214,23 @@ def build_data(args, model, rank, world):
         # DDP: rank 0 synthesizes the data; the others wait, then find it on disk (tiny_data reuses it)
         if rank > 0:
             dist.barrier()
-        args.data, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed)
+        args.data, easy, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed)
+        args.easy_data = args.easy_data or easy
         if rank == 0 and world > 1:
             dist.barrier()
     if args.data is None:
         raise NanoaudioError("no training data: pass --data (LibriSpeech folder, JSONL manifest, parquet, dataset id)")
-    train = Batches(open_dataset(args.data), batch_size=args.batch_size, seed=args.seed, rank=rank,
-                    world_size=world, max_seconds=args.max_audio_seconds)
+    def batches(spec):
+        return Batches(open_dataset(spec), batch_size=args.batch_size, seed=args.seed, rank=rank, world_size=world,
+                       max_seconds=args.max_audio_seconds)
+
+    train = batches(args.data)
+    easy = batches(args.easy_data) if args.easy_data and args.easy_steps else None
     evals = {}
     for spec in (args.eval_data.split(",") if args.eval_data else []):
         name = Path(spec).parent.name if Path(spec).stem == "manifest" else Path(spec).stem  # eval-digits/manifest.jsonl
         evals[name] = open_dataset(spec)
-    return train, evals
+    return train, easy, evals
 
 
 def label_tokens(model, batch):
@@ -263,7 +274,8 @@ def evaluate(model, dataset, n, batch_size, device):
 # checkpoints: model files + optimizer/schedule/RNG/data position, written atomically
 
 
-def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None, stage2_step=None):
+def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None, extra=None):
+    """extra: more entries for trainer_state.json (the two stages' switch step, the curriculum's data position)."""
     from safetensors.torch import save_file
 
     from nanoaudio.load import atomic_dir
@@ -290,8 +302,7 @@ def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=Non
             "rng_python": random.getstate()[1], "rng_numpy": np.random.get_state()[1].tolist(),
             "rng_numpy_pos": int(np.random.get_state()[2]),  # where in the 624-word key numpy's stream is
             "data": train_batches.state_dict(), "log_tail": log[-5:], "args": vars(args) if args else {},
-            "stage2_step": stage2_step,
-        }
+        } | (extra or {})
         (tmp / "trainer_state.json").write_text(json.dumps(trainer))
 
 
@@ -383,7 +394,7 @@ def main(argv=None):
     if args.encoder_first and not (model.config.from_scratch and model.config.ctc_weight > 0):
         raise NanoaudioError("--encoder-first trains the encoder alone on its CTC loss: it needs a from-scratch model "
                              "with --ctc-weight > 0 (the tiny preset)")
-    train_batches, evals = build_data(args, model, rank, world)
+    train_batches, easy_batches, evals = build_data(args, model, rank, world)
 
     from nanoaudio.budget import estimate_for_model, format_budget
 
@@ -406,12 +417,14 @@ def main(argv=None):
                                   fused=device.type == "cuda")
     step = load_trainer_state(args.resume, optimizer, train_batches) if args.resume else 0
     # two stages (--encoder-first): the step where the second began, None before it (or with one stage)
+    stage2 = None
     if args.resume:
         from nanoaudio.load import read_json
 
-        stage2 = read_json(Path(args.resume) / "trainer_state.json").get("stage2_step")
-    else:
-        stage2 = None
+        trainer = read_json(Path(args.resume) / "trainer_state.json")
+        stage2 = trainer.get("stage2_step")
+        if easy_batches is not None and trainer.get("easy_data"):
+            easy_batches.load_state_dict(trainer["easy_data"])
 
     train_model = model
     if ddp:
@@ -431,12 +444,16 @@ def main(argv=None):
     from tqdm import tqdm
 
     log, t_start, audio_seconds = [], time.time(), 0.0
+
+    def state_extra():
+        return {"stage2_step": stage2, "easy_data": easy_batches.state_dict() if easy_batches is not None else None}
     budget_s = args.minutes * 60 if args.minutes else None
     total = args.steps
     bar = tqdm(total=total, initial=step, disable=not master, dynamic_ncols=True)
     first_step = step
     out.mkdir(parents=True, exist_ok=True)
     batches = iter(train_batches)
+    easy = iter(easy_batches) if easy_batches is not None else None
     while step < total:
         elapsed = time.time() - t_start
         if ddp:  # every rank must use the same lr and stop after the same step: agree on the slowest clock
@@ -462,7 +479,11 @@ def main(argv=None):
             g["lr"] = lr
         t0 = time.time()
         loss_sum, n_audio = 0.0, 0.0
-        micro_batches = [next(batches) for _ in range(args.grad_accum)]
+        # the curriculum: the decoder's first --easy-steps steps (from step 0, or from the start of stage 2)
+        decoder_start = stage2 if args.encoder_first else 0
+        curriculum = easy is not None and decoder_start is not None and step - decoder_start < args.easy_steps
+        source = easy if curriculum else batches
+        micro_batches = [next(source) for _ in range(args.grad_accum)]
         # The decoder loss is a mean over label tokens: weight each micro-batch, on each rank, by its share of
         # the step's label tokens, so that accumulation and DDP (which averages the ranks' gradients) give the
         # gradient of one batch holding them all. The CTC term is a mean over utterances: plain average.
@@ -502,17 +523,18 @@ def main(argv=None):
                             audio=f"{rec['audio_s_per_s']:.0f}s/s")
             bar.total = expected_steps(total, step, first_step, time.time() - t_start, budget_s)
             bar.update(1)
-            if args.eval_every and step % args.eval_every == 0:
+            # (not in stage 1: the decoder has not trained yet, its greedy transcripts would only cost time)
+            if args.eval_every and step % args.eval_every == 0 and decoder_start is not None:
                 rec["eval_wer"] = run_evals(model, evals, args, device, step, out)
             if args.save_every and step % args.save_every == 0:
-                save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, stage2)
+                save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, state_extra())
     bar.close()
     if master:
         saved_now = log and args.save_every and step % args.save_every == 0
         if not saved_now:
-            save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, stage2)
-        evaluated_now = log and args.eval_every and step % args.eval_every == 0
-        results = log[-1].get("eval_wer", {}) if evaluated_now else run_evals(model, evals, args, device, step, out)
+            save_checkpoint(out / "last", model, optimizer, step, train_batches, log, args, state_extra())
+        evaluated_now = log and "eval_wer" in log[-1]
+        results = log[-1]["eval_wer"] if evaluated_now else run_evals(model, evals, args, device, step, out)
         plot_loss(out)
         skipped = train_batches.skipped_report() if hasattr(train_batches, "skipped_report") else None
         summary = {"step": step, "minutes": (time.time() - t_start) / 60, "audio_hours": audio_seconds / 3600,

@@ -68,6 +68,17 @@ def data(tmp_path_factory):
     return str(make_dataset(tmp_path_factory.mktemp("data") / "train", 16, seed=7))
 
 
+@pytest.fixture(scope="module")
+def easy(data):
+    """The digit strings of `data` alone, as the tiny preset's curriculum uses them."""
+    from nanoaudio.tiny import digit_strings
+
+    path = digit_strings(data)
+    lines = path.read_text().splitlines()
+    assert 8 <= len(lines) < 16 and all(json.loads(line)["audio"] for line in lines)  # 2 batches of 4, a subset
+    return str(path)
+
+
 def run_main(argv):
     """train.main in this process, putting back the SIGINT handler it installs (pytest's own Ctrl-C)."""
     handler = signal.getsignal(signal.SIGINT)
@@ -91,11 +102,12 @@ def trainer_state(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run_a(data, tmp_path_factory):
+def run_a(data, easy, tmp_path_factory):
     """6 steps uninterrupted, saving at step 3 too, into an out folder whose `last` holds a stale file.
 
-    Two stages (--encoder-first 0.5): steps 1-3 train the encoder alone, 4-6 the rest on it,
-    frozen; the run resumed from step 3 must cross into the second stage exactly as this one did.
+    The tiny preset's two stages (--encoder-first 0.5): steps 1-3 train the encoder alone, 4-6 the rest on it,
+    frozen, its first 2 steps on the digit strings (the curriculum); the run resumed from step 3 must cross into
+    the second stage and out of the curriculum exactly as this one did.
 
     Each save of `last` is also copied to step<N>: step3 is the checkpoint an interrupted run would leave.
     """
@@ -110,7 +122,8 @@ def run_a(data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "save_checkpoint", save_and_keep)
-        run_main([*FAST, "--data", data, "--out", out, "--steps", 6, "--save-every", 3, "--encoder-first", 0.5])
+        run_main([*FAST, "--data", data, "--easy-data", easy, "--easy-steps", 2, "--out", out, "--steps", 6,
+                  "--save-every", 3, "--encoder-first", 0.5])
     return out
 
 
@@ -151,6 +164,10 @@ def test_two_stages_train_the_encoder_then_the_rest(run_a):
     log = [r for r in map(json.loads, open(run_a / "log.jsonl")) if "loss" in r]
     assert [r["lm_loss"] for r in log[:3]] == [0.0] * 3 and all(r["lm_loss"] > 0 for r in log[3:])
     assert [r["lr"] for r in log[3:5]] == [r["lr"] for r in log[:2]]  # stage 2 warms up again from the start
+    # the curriculum: stage 2's first 2 batches came from the digit strings, the other 4 steps from the whole set
+    state = trainer_state(run_a / "last")
+    assert [state["easy_data"][k] for k in ("epoch", "window", "batch")] == [0, 0, 2]
+    assert [state["data"][k] for k in ("epoch", "window", "batch")] == [0, 0, 4]
 
 
 def test_checkpoint_restores_every_random_generator(run_a, data, tmp_path):
@@ -352,9 +369,13 @@ def test_tiny_preset_loss_falls_within_three_minutes(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     curve = list(losses(out).values())
-    assert len(curve) >= 40, f"only {len(curve)} steps in 3 minutes"
-    first, last = np.mean(curve[:20]), np.mean(curve[-20:])
-    assert last < 0.7 * first, (first, last)
+    assert len(curve) >= 80, f"only {len(curve)} steps in 3 minutes"
+    # the preset's two stages: the encoder's CTC loss falls in the first, the decoder's loss in the second
+    log = [r for r in map(json.loads, open(out / "log.jsonl")) if "loss" in r]
+    stage1, stage2 = [r["ctc_loss"] for r in log if r["lm_loss"] == 0], [r["lm_loss"] for r in log if r["lm_loss"] > 0]
+    for name, losses_ in (("ctc", stage1), ("lm", stage2)):
+        first, last = np.mean(losses_[:20]), np.mean(losses_[-20:])
+        assert len(losses_) >= 40 and last < 0.7 * first, (name, len(losses_), first, last)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == len(curve) and summary["minutes"] < 4  # stopped by the clock, then saved
     assert trainer_state(out / "last")["step"] == len(curve)
