@@ -306,7 +306,8 @@ def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=Non
         (tmp / "trainer_state.json").write_text(json.dumps(trainer))
 
 
-def load_trainer_state(folder, optimizer, train_batches):
+def load_trainer_state(folder, optimizer, train_batches, easy_batches=None) -> dict:
+    """Restore optimizer, RNG and data positions from a checkpoint -> its trainer_state.json (step, stage2_step...)."""
     from nanoaudio.load import read_json, read_tensors
 
     folder = Path(folder)
@@ -322,7 +323,9 @@ def load_trainer_state(folder, optimizer, train_batches):
     np.random.set_state(("MT19937", np.array(trainer["rng_numpy"], dtype=np.uint32),
                          trainer.get("rng_numpy_pos", 624), 0, 0.0))
     train_batches.load_state_dict(trainer["data"])
-    return trainer["step"]
+    if easy_batches is not None and trainer.get("easy_data"):
+        easy_batches.load_state_dict(trainer["easy_data"])
+    return trainer
 
 
 def read_tensors_file(path):
@@ -415,16 +418,10 @@ def main(argv=None):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
                                   fused=device.type == "cuda")
-    step = load_trainer_state(args.resume, optimizer, train_batches) if args.resume else 0
+    trainer = load_trainer_state(args.resume, optimizer, train_batches, easy_batches) if args.resume else {}
+    step = trainer.get("step", 0)
     # two stages (--encoder-first): the step where the second began, None before it (or with one stage)
-    stage2 = None
-    if args.resume:
-        from nanoaudio.load import read_json
-
-        trainer = read_json(Path(args.resume) / "trainer_state.json")
-        stage2 = trainer.get("stage2_step")
-        if easy_batches is not None and trainer.get("easy_data"):
-            easy_batches.load_state_dict(trainer["easy_data"])
+    stage2 = trainer.get("stage2_step")
 
     train_model = model
     if ddp:
@@ -479,8 +476,8 @@ def main(argv=None):
             g["lr"] = lr
         t0 = time.time()
         loss_sum, n_audio = 0.0, 0.0
-        # the curriculum: the decoder's first --easy-steps steps (from step 0, or from the start of stage 2)
-        decoder_start = stage2 if args.encoder_first else 0
+        decoder_start = stage2 if args.encoder_first else 0  # None while the encoder trains alone
+        # the curriculum: the decoder's first --easy-steps steps
         curriculum = easy is not None and decoder_start is not None and step - decoder_start < args.easy_steps
         source = easy if curriculum else batches
         micro_batches = [next(source) for _ in range(args.grad_accum)]
@@ -496,7 +493,7 @@ def main(argv=None):
             n_audio += sum(ex.seconds for ex in batch)
             sync = contextlib.nullcontext() if (not ddp or micro == args.grad_accum - 1) else train_model.no_sync()
             with sync, autocast:
-                outd = train_model(wave, mask, texts, lm=not args.encoder_first or stage2 is not None)
+                outd = train_model(wave, mask, texts, lm=decoder_start is not None)
                 lm_share = n_labels[micro] * world / step_labels  # 1 with one process and one micro-batch
                 ctc_term = outd["loss"] - outd["lm_loss"]  # ctc_weight * CTC loss, or 0
                 loss = outd["lm_loss"] * lm_share + ctc_term / args.grad_accum
