@@ -78,7 +78,7 @@ PRESETS = {
     # run), and this model learns more per second from more, noisier steps than from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="fp32", eval_every=2500, eval_samples=100, save_every=500,
-                 ctc_weight=0.5, encoder_first=0.5, easy_steps=700, max_audio_seconds=8.0, lora_r=0,
+                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, max_audio_seconds=8.0, lora_r=0,
                  weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,

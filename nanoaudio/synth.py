@@ -34,6 +34,8 @@ ACCENTS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029"]  # espeak-ng
 RATE_WPM = (120, 230)  # espeak-ng's default is 175 words per minute
 PITCH = (20, 80)  # 0..100, default 50
 NOISE_SNR_DB = (10.0, 40.0)
+PAUSE_SECONDS = (0.15, 0.8)  # silences cut into an utterance between its words (make_dataset's `pauses`)
+EDGE_SECONDS = (0.0, 0.4)  # ... and added before and after it
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_LENGTHS = (3, 8)  # digits per string
 SENTENCE_LENGTHS = (4, 10)  # words per random sentence
@@ -123,13 +125,28 @@ def random_text(rng: random.Random, kind: str, words: list[str]) -> str:
     raise NanoaudioError(f"unknown utterance kind {kind!r} (digits, sentences, mixed)")
 
 
-def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise: float):
+def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise: float, pauses: float = 0.0):
     """Speak `text` with a random voice, rate and pitch; with probability `noise`, add white noise at a random SNR.
 
-    -> (waveform (S,) at 16 kHz, {"voice", "rate", "pitch", "snr_db"}), the draws recorded for the manifest.
+    With probability `pauses`, the text is spoken as 2-3 phrases with silences between them (PAUSE_SECONDS) and
+    around them (EDGE_SECONDS): a model that only ever heard one unbroken phrase per utterance drops or invents
+    words at a pause, and the windows sample.py cuts from a long file are full of them.
+    -> (waveform (S,) at 16 kHz, {"voice", "rate", "pitch", "pauses_s", "snr_db"}), the draws for the manifest.
     """
     how = {"voice": rng.choice(all_voices), "rate": rng.randint(*RATE_WPM), "pitch": rng.randint(*PITCH)}
-    wave = speak(text, how["voice"], how["rate"], how["pitch"])
+    words = text.split()
+    if pauses and len(words) > 1 and rng.random() < pauses:
+        cuts = sorted(rng.sample(range(1, len(words)), min(rng.randint(1, 2), len(words) - 1)))
+        phrases = [" ".join(words[a:b]) for a, b in zip([0, *cuts], [*cuts, len(words)])]
+        gaps = [rng.uniform(*EDGE_SECONDS), *(rng.uniform(*PAUSE_SECONDS) for _ in cuts), rng.uniform(*EDGE_SECONDS)]
+        how["pauses_s"] = [round(g, 3) for g in gaps]
+        silence = [torch.zeros(int(g * SAMPLE_RATE)) for g in how["pauses_s"]]
+        pieces = [silence[0]]
+        for phrase, after in zip(phrases, silence[1:]):
+            pieces += [speak(phrase, how["voice"], how["rate"], how["pitch"]), after]
+        wave = torch.cat(pieces)
+    else:
+        wave = speak(text, how["voice"], how["rate"], how["pitch"])
     if rng.random() < noise:
         how["snr_db"] = round(rng.uniform(*NOISE_SNR_DB), 1)
         power = wave.pow(2).mean().clamp_min(1e-10)
@@ -138,17 +155,20 @@ def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise
     return wave, how
 
 
-def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3) -> Path:
+def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3,
+                 pauses: float = 0.0) -> Path:
     """Write n utterances as FLAC + manifest.jsonl into `folder` -> the manifest's path.
 
-    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise) is reused.
+    `noise`, `pauses`: the share of utterances with added noise, with silences between phrases (random_utterance).
+    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise, pauses) is reused.
     `exclude`: a manifest (or an iterable of texts) whose texts must not occur here: held-out sets use it so
     that no evaluation string was ever heard in training. Written to folder.tmp, then renamed.
     """
     import soundfile as sf
 
     folder = Path(folder)
-    manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise}
+    manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
+                                                     "pauses": pauses}
     if manifest.exists() and json.loads((folder / "recipe.json").read_text()) == recipe:
         return manifest
     if exclude is not None and not isinstance(exclude, (set, list, tuple)):
@@ -162,7 +182,7 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
         text = random_text(rng, kind, words)
         while text in banned:
             text = random_text(rng, kind, words)
-        wave, how = random_utterance(rng, text, all_voices, noise)
+        wave, how = random_utterance(rng, text, all_voices, noise, pauses)
         name = f"{i:06d}.flac"
         sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
         rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)} | how)

@@ -64,6 +64,23 @@ def test_sentences_use_the_preset_vocabulary(tmp_path):
         assert sf.info(str(m.parent / row["audio"])).samplerate == SAMPLE_RATE
 
 
+def test_pauses_split_an_utterance_into_phrases_with_silence_between(tmp_path):
+    m = synth.make_dataset(tmp_path / "p", 8, kind="sentences", seed=2, noise=0.0, pauses=1.0)
+    for row in map(json.loads, open(m)):
+        lead, *between, trail = row["pauses_s"]
+        assert 1 <= len(between) <= 2 and len(between) < len(row["text"].split())
+        assert all(synth.PAUSE_SECONDS[0] <= g <= synth.PAUSE_SECONDS[1] for g in between)
+        wave = load_audio(m.parent / row["audio"])
+        # the silences are really there: digital zeros at both ends and a run of them at least as long as a pause
+        assert not wave[:int(lead * SAMPLE_RATE)].any()
+        assert not wave[len(wave) - int(trail * SAMPLE_RATE):].any()
+        inner = (wave[int(lead * SAMPLE_RATE):len(wave) - int(trail * SAMPLE_RATE)] == 0).int()
+        longest = max(len(run) for run in "".join(map(str, inner.tolist())).split("0"))
+        assert longest >= int(min(between) * SAMPLE_RATE)
+    plain = synth.make_dataset(tmp_path / "q", 8, kind="sentences", seed=2, noise=0.0)
+    assert not any("pauses_s" in json.loads(line) for line in open(plain))  # pauses=0: one phrase each
+
+
 def test_cli_writes_a_wav(tmp_path):
     out = tmp_path / "x.wav"
     r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "seven eight", "-o", str(out)],
