@@ -26,7 +26,7 @@ pytest.importorskip("espeakng_loader")
 from nanoaudio import synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_DIGIT_WER = 0.15  # the bundled model's measured held-out digit WER is 1.4% (README): margin for 12 utterances
+MAX_DIGIT_WER = 0.15  # the bundled model's measured held-out digit WER is 3.85% (README): margin for 12 utterances
 UTTERANCES = {  # name -> (text, voice, rate, pitch)
     "a": ("three one four one five", "en-us", 160, 50),
     "b": ("seven two nine", "en+m3", 170, 45),
@@ -185,9 +185,9 @@ def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
     assert code == 0, err
     # the CLI's transcript is the stitch of each window's own transcript (the seam logic: test_stitch_*)
     assert out.strip() == sample.stitch(bundled.transcribe(pieces, batch_size=1))
-    # ... and it is the speech: no run of words lost or repeated at a seam (measured: WER 0.17, all of it the
-    # model's own slips, e.g. a word heard in a pause, which it never met in its training utterances)
-    assert wer([" ".join(texts)], [out.strip()]) <= 0.3
+    # ... and it is the speech: no run of words lost or repeated at a seam (measured: WER 0; the model before
+    # synth's pauses were in its training data, 0.125-0.17: words heard in a pause, or lost after one)
+    assert wer([" ".join(texts)], [out.strip()]) <= 0.15
 
 
 def peak_rss_mb(*args):

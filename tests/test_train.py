@@ -105,7 +105,7 @@ def trainer_state(folder) -> dict:
 def run_a(data, easy, tmp_path_factory):
     """6 steps uninterrupted, saving at step 3 too, into an out folder whose `last` holds a stale file.
 
-    The tiny preset's two stages (--encoder-first 0.5): steps 1-3 train the encoder alone, 4-6 the rest on it,
+    The tiny preset's two stages at --encoder-first 0.5: steps 1-3 train the encoder alone, 4-6 the rest on it,
     frozen, its first 2 steps on the digit strings (the curriculum); the run resumed from step 3 must cross into
     the second stage and out of the curriculum exactly as this one did.
 
