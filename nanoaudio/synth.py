@@ -11,6 +11,7 @@ The tiny preset trains on it and the tests transcribe it, so it must be varied a
 
     python -m nanoaudio.synth "three one four" -o three.wav        # one utterance (16 kHz wav)
     python -m nanoaudio.synth --dataset data/digits -n 100 --kind digits --seed 1
+    python -m nanoaudio.synth --dataset data/paused -n 100 --pauses 0.5     # half of them with pauses
 
 `make_dataset` writes FLAC files plus a JSONL manifest ({"audio", "text", "seconds"}), the format nanoaudio.data
 reads, so training on synthetic speech runs through the same loader as training on LibriSpeech.
@@ -208,11 +209,13 @@ def main(argv=None):
     p.add_argument("-n", type=int, default=100, help="utterances in --dataset")
     p.add_argument("--kind", default="mixed", choices=["digits", "sentences", "mixed"], help="--dataset texts")
     p.add_argument("--seed", type=int, default=0, help="--dataset seed")
+    p.add_argument("--pauses", type=float, default=0.0,
+                   help="--dataset share of utterances spoken as phrases with silences between them")
     args = p.parse_args(argv)
     if args.list_voices:
         print("\n".join(voices()))
     elif args.dataset:
-        print(make_dataset(args.dataset, args.n, args.kind, args.seed))
+        print(make_dataset(args.dataset, args.n, args.kind, args.seed, pauses=args.pauses))
     elif args.text:
         import soundfile as sf
 

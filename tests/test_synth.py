@@ -79,6 +79,10 @@ def test_pauses_split_an_utterance_into_phrases_with_silence_between(tmp_path):
         assert longest >= int(min(between) * SAMPLE_RATE)
     plain = synth.make_dataset(tmp_path / "q", 8, kind="sentences", seed=2, noise=0.0)
     assert not any("pauses_s" in json.loads(line) for line in open(plain))  # pauses=0: one phrase each
+    r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "--dataset", str(tmp_path / "cli"), "-n", "2",
+                        "--kind", "digits", "--pauses", "1.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert all("pauses_s" in json.loads(line) for line in open(tmp_path / "cli" / "manifest.jsonl"))
 
 
 def test_cli_writes_a_wav(tmp_path):
