@@ -14,12 +14,11 @@ Prints a table; no timed assertions (tests/bench/conftest.py marks this file slo
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from timing import timed
 
 transformers = pytest.importorskip("transformers")
 
@@ -67,19 +66,6 @@ def build_pair():
     return ref, ours.eval()
 
 
-def timed(fns: dict) -> dict:
-    """Median seconds of each zero-argument callable, alternating between them."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up: oneDNN primitive caches, allocator
-    for _ in range(REPEATS):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def test_bench_encoder_vs_transformers():
     if mem_available_gb() < 4:
         pytest.skip("needs ~3 GB of free memory: two copies of a 316M-parameter fp32 model")
@@ -95,7 +81,7 @@ def test_bench_encoder_vs_transformers():
                 "nanoaudio": lambda: ours(x),
                 "transformers conv": lambda: ref.feature_extractor(x),
                 "nanoaudio conv": lambda: ours.feature_extractor(x),
-            })
+            }, REPEATS)
     finally:
         torch.set_num_threads(old_threads)
     print(f"\nHuBERT forward, hubert-large shape (24 x 1024, 316M params), {SECONDS} s of audio, batch 1, fp32, "

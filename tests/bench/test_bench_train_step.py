@@ -5,19 +5,18 @@ frozen encoder's forward, a stage-2 step (projector + decoder on the frozen enco
 
 A randomly initialised model of the preset's sizes (nanoaudio.tiny.build_tiny) on one batch of 8 espeak-ng
 utterances like the preset's training data (digit strings and sentences, 1-3 s). Forward and backward, the
-optimizer excluded; median of NANOAUDIO_BENCH_REPEATS timings (default 5) after one warm-up, at the torch
+optimizer excluded; median of NANOAUDIO_BENCH_REPEATS timings (default 5), alternating, after one warm-up, at the torch
 threads the machine has (NANOAUDIO_BENCH_THREADS=N to change). The times do not depend on the weights, so an
 untrained model measures what a training run pays per step.
 """
 
 import os
 import random
-import statistics
-import time
 import types
 
 import pytest
 import torch
+from timing import timed
 
 from nanoaudio.audio import batch_audio
 
@@ -26,16 +25,6 @@ from nanoaudio import synth  # noqa: E402
 
 REPEATS = int(os.environ.get("NANOAUDIO_BENCH_REPEATS", "5"))
 THREADS = int(os.environ.get("NANOAUDIO_BENCH_THREADS", str(torch.get_num_threads())))
-
-
-def median_ms(fn) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def test_bench_tiny_train_step():
@@ -68,16 +57,17 @@ def test_bench_tiny_train_step():
         finally:
             model.encoder.requires_grad_(True)
 
-    rows = [("encoder CTC step (stage 1)", median_ms(lambda: backward(lm=False))),
-            ("  its conv front end", median_ms(conv_front_end)),
-            ("stage-2 step (projector + decoder)", median_ms(stage2)),
-            ("  its frozen encoder's forward", median_ms(frozen_encoder)),
-            ("joint step (everything trains)", median_ms(lambda: backward(lm=True)))]
+    ms = {name: t * 1000 for name, t in timed({
+        "encoder CTC step (stage 1)": lambda: backward(lm=False),
+        "  its conv front end": conv_front_end,
+        "stage-2 step (projector + decoder)": stage2,
+        "  its frozen encoder's forward": frozen_encoder,
+        "joint step (everything trains)": lambda: backward(lm=True),
+    }, REPEATS).items()}
     seconds = wave.shape[1] / 16000
     print(f"\ntiny preset, CPU, {THREADS} thread(s), batch 8 padded to {seconds:.2f} s, forward + backward")
     print("| part | ms |\n|---|---|")
-    for name, ms in rows:
-        print(f"| {name} | {ms:.0f} |")
-    step = dict(rows)
-    assert 0 < step["  its conv front end"] < step["encoder CTC step (stage 1)"]
-    assert 0 < step["  its frozen encoder's forward"] < step["stage-2 step (projector + decoder)"]
+    for name, t in ms.items():
+        print(f"| {name} | {t:.0f} |")
+    assert 0 < ms["  its conv front end"] < ms["encoder CTC step (stage 1)"]
+    assert 0 < ms["  its frozen encoder's forward"] < ms["stage-2 step (projector + decoder)"]
