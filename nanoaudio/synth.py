@@ -167,6 +167,9 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     """
     import soundfile as sf
 
+    for name, share in (("noise", noise), ("pauses", pauses)):
+        if not 0 <= share <= 1:
+            raise NanoaudioError(f"{name} is a share of the utterances, in [0, 1]: got {share}")
     folder = Path(folder)
     manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
                                                      "pauses": pauses}

@@ -83,6 +83,10 @@ def test_pauses_split_an_utterance_into_phrases_with_silence_between(tmp_path):
                         "--kind", "digits", "--pauses", "1.0"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert all("pauses_s" in json.loads(line) for line in open(tmp_path / "cli" / "manifest.jsonl"))
+    r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "--dataset", str(tmp_path / "bad"), "--pauses", "25"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "pauses" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_writes_a_wav(tmp_path):
