@@ -115,6 +115,14 @@ def attention_mask(Tq: int, Tk: int, causal: bool, kv_lens=None, mask=None, devi
 
 def attention_reference(q, k, v, causal=True, softmax_scale=None, kv_lens=None, mask=None):
     """PyTorch path: SDPA on the explicit mask. q (B, Hq, Tq, D), k/v (B, Hkv, Tk, D) -> (B, Hq, Tq, D)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
+        # Training under CPU bf16 autocast (train.py --precision bf16): PyTorch's CPU SDPA backward is ~3x
+        # slower in bf16 than in fp32 (tiny preset, 2 Xeon cores: 33 vs 9 ms a step), so attention runs in fp32
+        # (more precise, too) and only its output goes back to bf16. Without autocast, bf16 stays bf16 (as in
+        # transformers, which the bf16 tests compare against).
+        with torch.autocast("cpu", enabled=False):
+            out = attention_reference(q.float(), k.float(), v.float(), causal, softmax_scale, kv_lens, mask)
+        return out.to(q.dtype)
     Tq, Tk = q.shape[2], k.shape[2]
     if q.shape[1] != k.shape[1]:
         # grouped-query attention: each group of Hq // Hkv query heads shares one K/V head

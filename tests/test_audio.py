@@ -160,6 +160,16 @@ def test_silence_is_valid(tmp_path):
     assert torch.isfinite(batch).all() and batch[0].abs().max() == 0 and mask.sum() == 16500
 
 
+def test_batch_audio_pads_to_a_multiple():
+    a, b = torch.randn(1234), torch.randn(8001)
+    wave, mask = batch_audio([a, b], pad_to_multiple_of=8000)
+    assert wave.shape == mask.shape == (2, 16000)
+    assert mask.sum(1).tolist() == [1234, 8001] and wave[:, 8001:].abs().max() == 0
+    plain, plain_mask = batch_audio([a, b])  # the real samples are the same either way
+    assert plain.shape == (2, 8001) and torch.equal(wave[:, :8001], plain) and torch.equal(mask[:, :8001], plain_mask)
+    assert batch_audio([torch.randn(16000)], pad_to_multiple_of=8000)[0].shape == (1, 16000)  # already a multiple
+
+
 def _write(path, samples, sr=SAMPLE_RATE, subtype="FLOAT"):
     sf.write(path, np.asarray(samples, np.float32), sr, subtype=subtype)
     return path

@@ -294,6 +294,26 @@ def test_switch_routes_attention(monkeypatch, mode):
     assert len(calls) == (1 if mode == "1" else 0)
 
 
+def test_cpu_bf16_autocast_attention_runs_in_fp32(monkeypatch):
+    # train.py --precision bf16 on CPU: attention upcasts (faster backward there, more precise); its output,
+    # and its gradients, are those of fp32 attention on the same bf16 inputs
+    monkeypatch.setenv("NANOAUDIO_KERNELS", "0")
+    q, k, v = (torch.randn(2, 4, 9, 16).bfloat16().requires_grad_() for _ in range(3))
+    lens = torch.tensor([9, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = nn.attention(q, k, v, causal=False, kv_lens=lens)
+    out.float().sum().backward()
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = nn.attention_reference(q32, k32, v32, causal=False, kv_lens=lens)
+    ref.bfloat16().float().sum().backward()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.bfloat16())
+    for t, t32 in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(t.grad, t32.grad.bfloat16(), rtol=0, atol=0)
+    # without autocast, bf16 stays bf16 (the models' bf16 comparisons with transformers)
+    plain = nn.attention(q.detach(), k.detach(), v.detach(), causal=False, kv_lens=lens)
+    assert not torch.equal(plain, ref.bfloat16())
+
+
 def test_importing_nanoaudio_does_not_import_triton():
     code = "import sys, nanoaudio, nanoaudio.nn, kernels; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NANOAUDIO_KERNELS": "auto"})
