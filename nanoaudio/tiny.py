@@ -1,9 +1,9 @@
 """The tiny preset: the course's recipe in miniature, trained from scratch on a laptop CPU in minutes.
 
 Same classes as the real models, at tiny sizes (sizes chosen so 2 CPU cores train them in minutes):
-    encoder   HubertEncoder: the raw-waveform conv front end (7 layers of 32 channels, stride 320 -> 50
-              frames/s), 4 pre-LN Transformer layers of width 192, and a CTC head over the 32 characters
-              of the *-ls960-ft checkpoints
+    encoder   HubertEncoder: the raw-waveform conv front end (3 layers of 128 channels, strides 20 x 4 x 4 =
+              320 -> 50 frames/s), 4 pre-LN Transformer layers of width 192, and a CTC head over the 32
+              characters of the *-ls960-ft checkpoints
     projector AudioProjector: stack k=5 frames -> RMSNorm -> Linear(960 -> 256) -> Dropout -> RMSNorm
     decoder   Decoder: a Qwen3-style model (q_norm/k_norm, RoPE), 4 layers of width 256, 8 heads of 32, tied head
     tokenizer a byte-level BPE in Qwen3's format (same pre-tokenizer, same chat special tokens), trained here
@@ -31,6 +31,16 @@ A decoder learns to read a fixed encoder within a few hundred steps, but only wh
 split moved to 0.4 because sentence WER was still falling fast when a 52-minute run at 0.5 ended (0.4 and 0.5
 not compared on equal terms). Pauses: a quarter of the training utterances are spoken as phrases with
 silences between them (PAUSES below).
+
+Why a front end of 3 wide layers rather than HuBERT's 7 narrow ones (7 x 32 channels, strides 5 x 2^6, as this
+preset had before): raw samples must be turned into something like a spectrum before the Transformer can
+read phonemes from them, and 32 channels resolve too few frequencies. Same 50 frames/s, same classes, a
+config change only. Measured on 2 cores (AMD EPYC), the encoder alone on its CTC loss for 3 minutes on 6000
+synthetic utterances, then greedy CTC on 100 held-out sentences:
+    7 x 32,  kernels 10,3,3,3,3,2,2   943 steps   held-out CTC loss 2.35   character error rate 66.8%
+    3 x 128, kernels 80,4,4           1104 steps  held-out CTC loss 1.82   character error rate 54.9%
+    3 x 192, kernels 80,4,4           1026 steps  held-out CTC loss 1.85   character error rate 58.6%
+(fewer, shorter activations: the wider front end is also faster per step.)
 """
 
 import os
@@ -46,7 +56,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 # HF-style config.json dicts, so the tiny checkpoint is described exactly like a real one
 ENCODER = dict(
     model_type="hubert", architectures=["HubertForCTC"],
-    conv_dim=[32] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],  # 320x: 50 frames/s
+    # 3 conv layers of 128 channels, strides 20 x 4 x 4 = 320: 50 frames/s, a 380-sample (24 ms) receptive field
+    conv_dim=[128] * 3, conv_kernel=[80, 4, 4], conv_stride=[20, 4, 4],
     conv_bias=True, feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
     hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768, hidden_act="gelu",
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8, layer_norm_eps=1e-5, feat_proj_layer_norm=True,
