@@ -4,7 +4,7 @@ bad input, the learning-rate schedule; and (slow) that the tiny preset learns.
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_train.py             # ~1 min on one core
     OMP_NUM_THREADS=1 python -m pytest -q tests/test_train.py -m slow     # + a 3-minute tiny-preset run
 
-Every run is the tiny preset (nanoaudio/tiny.py: ~5.9M parameters, all trained, dropout on, CTC weight 0.5) on
+Every run is the tiny preset (nanoaudio/tiny.py: ~6.0M parameters, all trained, dropout on, CTC weight 0.5) on
 16 synthesized utterances, for a few steps at a high learning rate so that each step moves the weights visibly.
 Runs go in-process (train.main) when only their files matter, and in a subprocess when the process itself does:
 torchrun, SIGINT, the exit status.
@@ -260,7 +260,7 @@ def test_ddp_on_two_processes_equals_one_process_with_the_whole_batch(data, tmp_
         assert losses(tmp_path / "two")[step] == pytest.approx(loss, rel=1e-5), step
     p1, p2 = load_file(tmp_path / "one/last/model.safetensors"), load_file(tmp_path / "two/last/model.safetensors")
     assert p1.keys() == p2.keys()
-    diff = torch.cat([(p2[name] - p).abs().flatten() for name, p in p1.items()])  # 5.9M weights
+    diff = torch.cat([(p2[name] - p).abs().flatten() for name, p in p1.items()])  # 6.0M weights
     # Equal to 1e-5, but for a handful: Adam moves a weight by lr * g / (|g| + eps), so where a gradient is ~0
     # the ~1e-7 differences of summation order (one batch of 4 vs two of 2) can flip its sign: that weight then
     # differs by up to 2 lr. Measured (on the earlier 5.6M preset): 10 weights; with each rank's loss a mean over
