@@ -21,7 +21,8 @@ HuBERT is CTC-fine-tuned first and then frozen under the LLM): the first 40% of 
 on its CTC loss, on all the data; the rest trains the projector and decoder on it, frozen, their first 700 steps
 on the digit strings alone. A from-scratch decoder must find on its own how to walk through the audio tokens
 in order; on an encoder still changing under it that took 2500-5000 steps. Measured on 2 cores (AMD EPYC, the
-split then 0.5), digit WER on held-out strings (60, or 100 for the preset's mix) after 10 minutes:
+split then 0.5, the earlier 7 x 32 front end below), digit WER on held-out strings (60, or 100 for the preset's
+mix) after 10 minutes:
     the preset's mix, everything at once (the earlier recipe)                   75.2%
     digit strings only, everything at once                                      75.3%
     digit strings only, 5 min CTC alone, then 5 min decoder on it, frozen       18.9% (two runs)
