@@ -41,6 +41,7 @@ synthetic utterances, then greedy CTC on 100 held-out sentences:
     7 x 32,  kernels 10,3,3,3,3,2,2   943 steps   held-out CTC loss 2.35   character error rate 66.8%
     3 x 128, kernels 80,4,4           1104 steps  held-out CTC loss 1.82   character error rate 54.9%
     3 x 192, kernels 80,4,4           1026 steps  held-out CTC loss 1.85   character error rate 58.6%
+    3 x 128, 6 Transformer layers     654 steps   held-out CTC loss 2.23   character error rate 67.6%
 (fewer, shorter activations: the wider front end is also faster per step.)
 """
 
