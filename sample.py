@@ -190,7 +190,6 @@ def transcribe_batch(model, waves, args, window_s, on_token=None, batch_size=Non
 def trace(model, item, wave, args):
     """Print each stage with its shape and the formula that predicts it, and check the two agree."""
     from nanoaudio.audio import FRAMES_PER_SECOND, SAMPLE_RATE, batch_audio
-    from nanoaudio.encoder import num_frames
     from nanoaudio.model import build_prompt
     from nanoaudio.projector import num_tokens
 
@@ -213,10 +212,10 @@ def trace(model, item, wave, args):
     with torch.inference_mode():
         frames = model.encoder(wav, mask)
     t_enc = time.time() - t0
-    F_ = frames.shape[1]
+    F_, F_formula = frames.shape[1], model.encoder.num_frames(S)  # the model's own conv stack (kernels, strides)
     show("encoder frames", f"(1, {F_}, {frames.shape[2]}) {str(frames.dtype).replace('torch.', '')}",
-         f"F = conv arithmetic(S) = {num_frames(S)}  (~{FRAMES_PER_SECOND}/s: {S / SAMPLE_RATE * FRAMES_PER_SECOND:.1f})",
-         F_ == num_frames(S), t_enc)
+         f"F = conv arithmetic(S) = {F_formula}  (~{FRAMES_PER_SECOND}/s: {S / SAMPLE_RATE * FRAMES_PER_SECOND:.1f})",
+         F_ == F_formula, t_enc)
     n_tok = num_tokens(F_, k)
     show("stacked frames", f"(1, {n_tok}, {k * frames.shape[2]})", f"ceil(F / k) = ceil({F_} / {k}) = {n_tok}, "
          f"width k*Ce = {k}*{frames.shape[2]}")
