@@ -75,8 +75,9 @@ PRESETS = {
     # Everything from scratch on CPU in minutes: a small HuBERT-style encoder with a CTC head, the
     # AudioProjector and a small Qwen3-style decoder, on synthetic speech (see nanoaudio/tiny.py).
     # Small batches, many steps: on 2 cores a step of 8 utterances takes ~0.22 s (14,295 steps in a 52-minute
-    # run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core Xeon with AMX, in bf16: --precision auto), and this
-    # model learns more per second from more, noisier steps than from fewer, larger ones.
+    # run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core Xeon with AMX in bf16, --precision auto, measured with
+    # the earlier 7x32 conv front end), and this model learns more per second from more, noisier steps than
+    # from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="auto", eval_every=2500, eval_samples=100, save_every=500,
                  ctc_weight=0.5, encoder_first=0.4, easy_steps=700, max_audio_seconds=8.0, lora_r=0,
