@@ -68,6 +68,7 @@ DEFAULTS = dict(
     clip=1.0,
     ctc_weight=0.0,
     encoder_first=0.0,  # from scratch: this share of the run trains the encoder alone (CTC), then freezes it
+    encoder_rejoin=-1,  # ... until this step of stage 2, when it trains again with the rest (-1: never)
     preset=None,
 )
 
@@ -80,7 +81,7 @@ PRESETS = {
     # from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="auto", eval_every=2500, eval_samples=100, save_every=500,
-                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, max_audio_seconds=8.0, lora_r=0,
+                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700, max_audio_seconds=8.0, lora_r=0,
                  weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
@@ -131,6 +132,9 @@ def parse_args(argv=None):
         "encoder_first": "share of the run (of --steps, or of --minutes) that trains the encoder alone on its CTC "
                          "loss; the rest trains projector + decoder on it, frozen. Each stage has its own warmup "
                          "and cosine (0: one stage, everything together)",
+        "encoder_rejoin": "with --encoder-first: from this step of stage 2 on, the encoder trains again, together "
+                          "with projector and decoder (-1: frozen to the end; the tiny preset: 700, when the "
+                          "decoder's curriculum ends)",
     }
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
@@ -488,10 +492,13 @@ def main(argv=None):
         progress = max(step / total, elapsed / budget_s if budget_s else 0.0)
         if args.encoder_first and stage2 is None and progress >= args.encoder_first:
             stage2 = step
-        if stage2 is not None and any(p.requires_grad for p in model.encoder.parameters()):
-            # Stage 2: the encoder is done, as a real CTC-fine-tuned encoder is; each step skips its backward
-            # pass. Why two stages at all: see nanoaudio/tiny.py.
-            model.encoder.requires_grad_(False)
+        if stage2 is not None:
+            # Stage 2: the encoder is done, as a real CTC-fine-tuned encoder is, and frozen while the decoder
+            # learns to read it (each step skips its backward pass); from --encoder-rejoin on, it trains again
+            # with the rest. Why two stages at all, and why rejoin: see nanoaudio/tiny.py.
+            rejoined = args.encoder_rejoin >= 0 and step - stage2 >= args.encoder_rejoin
+            if any(p.requires_grad for p in model.encoder.parameters()) != rejoined:
+                model.encoder.requires_grad_(rejoined)
         if not args.encoder_first:
             lr = lr_at(step, progress, args.warmup, args.lr)
         elif stage2 is None:  # each stage its own warmup and cosine: the decoder starts as fresh as the encoder did

@@ -112,6 +112,30 @@ def train_tokenizer(words: list[str], vocab_size: int = VOCAB_SIZE):
     return Tokenizer(tk, config, family="qwen3")
 
 
+def filterbank(channels: int, kernel: int, low_hz: float = 150.0, high_hz: float = 7000.0) -> torch.Tensor:
+    """Initial weights for the first conv layer: Hann-windowed cosines and sines at mel-spaced frequencies
+    -> (channels, 1, kernel), channels // 2 frequencies x 2 phases.
+
+    Why: a randomly initialised first layer must find its frequency bands by gradient descent before anything
+    above it can learn phonemes; started as a filterbank (the first step of a spectrogram, left trainable, as
+    in SincNet or LEAF) it gives the layers above a spectrum from step 1. Each row has the squared norm 2 that
+    Kaiming-normal init gives on average. Measured (2 cores, encoder alone on CTC for 3 minutes, see the
+    docstring at the top): held-out sentence CER 52.7% vs 66.6% with the random init.
+    """
+    import math
+
+    mel = lambda hz: 2595 * math.log10(1 + hz / 700)  # noqa: E731
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    n = channels // 2
+    freqs = torch.tensor([hz(mel(low_hz) + (mel(high_hz) - mel(low_hz)) * i / (n - 1)) for i in range(n)],
+                         dtype=torch.float64)
+    t = torch.arange(kernel, dtype=torch.float64) / 16_000
+    phase = 2 * math.pi * freqs[:, None, None] * t + torch.tensor([0.0, math.pi / 2])[None, :, None]  # (n, 2, K)
+    w = (torch.hann_window(kernel, periodic=False, dtype=torch.float64) * torch.cos(phase)).reshape(2 * n, kernel)
+    w = w / w.norm(dim=1, keepdim=True) * math.sqrt(2)
+    return w[:, None, :].float()
+
+
 def build_tiny(args, device):
     """A randomly initialised ASRModel of the tiny preset's sizes (args: stack, projector, seed)."""
     import dataclasses
@@ -126,6 +150,9 @@ def build_tiny(args, device):
     decoder_cfg = dict(DECODER, vocab_size=-(-tokenizer.vocab_size // 64) * 64,  # a multiple of 64, as real ones
                        eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id, bos_token_id=None)
     encoder = HubertEncoder(EncoderConfig.from_hf_config(ENCODER))
+    with torch.no_grad():
+        conv0 = encoder.feature_extractor.conv_layers[0].conv.weight  # (128, 1, 80)
+        conv0.copy_(filterbank(*conv0.shape[::2]))
     decoder = Decoder(DecoderConfig.from_hf_config(decoder_cfg))
     decoder.eos_token_ids = [tokenizer.eot_id]
     pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=ENCODER["hidden_size"],

@@ -107,10 +107,12 @@ def run_a(data, easy, tmp_path_factory):
     """6 steps uninterrupted, saving at step 3 too, into an out folder whose `last` holds a stale file.
 
     The tiny preset's two stages at --encoder-first 0.5: steps 1-3 train the encoder alone, 4-6 the rest on it,
-    frozen, its first 2 steps on the digit strings (the curriculum); the run resumed from step 3 must cross into
-    the second stage and out of the curriculum exactly as this one did.
+    frozen for their first 2 steps, which come from the digit strings (the curriculum), then training again
+    (--encoder-rejoin 2); the run resumed from step 3 must cross into the second stage, out of the curriculum
+    and into the rejoined encoder exactly as this one did.
 
-    Each save of `last` is also copied to step<N>: step3 is the checkpoint an interrupted run would leave.
+    Each save of `last` (every step) is also copied to step<N>: step3 is the checkpoint an interrupted run
+    would leave.
     """
     out = tmp_path_factory.mktemp("a")
     (out / "last").mkdir()
@@ -124,7 +126,7 @@ def run_a(data, easy, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "save_checkpoint", save_and_keep)
         run_main([*FAST, "--data", data, "--easy-data", easy, "--easy-steps", 2, "--out", out, "--steps", 6,
-                  "--save-every", 3, "--encoder-first", 0.5])
+                  "--save-every", 1, "--encoder-first", 0.5, "--encoder-rejoin", 2])
     return out
 
 
@@ -149,17 +151,20 @@ def test_resume_continues_exactly(run_a, tmp_path):
 
 
 def test_two_stages_train_the_encoder_then_the_rest(run_a):
-    """--encoder-first 0.5 of 6 steps: steps 1-3 move only the encoder, 4-6 only the projector and decoder."""
+    """--encoder-first 0.5 of 6 steps: steps 1-3 move only the encoder, 4-5 only the projector and decoder,
+    step 6 all of them (--encoder-rejoin 2)."""
     torch.manual_seed(1337)  # train.py's default seed, set before build_model
     init = train.build_model(train.parse_args(FAST), torch.device("cpu")).trainable_state_dict()
-    stage1, final = load_file(run_a / "step3" / "model.safetensors"), load_file(run_a / "last" / "model.safetensors")
+    stage1, step5 = (load_file(run_a / f"step{n}" / "model.safetensors") for n in (3, 5))
+    final = load_file(run_a / "last" / "model.safetensors")
 
     def moved(a, b, part):
         return [name for name in a if name.startswith(part) and not torch.equal(a[name], b[name])]
 
     encoder = [name for name in init if name.startswith("encoder.")]
     assert encoder and len(moved(init, stage1, "encoder.")) == len(encoder)  # every encoder tensor trained...
-    assert moved(stage1, final, "encoder.") == []  # ...then frozen, bit for bit
+    assert moved(stage1, step5, "encoder.") == []  # ...then frozen, bit for bit...
+    assert len(moved(step5, final, "encoder.")) == len(encoder)  # ...until it rejoins
     assert moved(init, stage1, "decoder.") == moved(init, stage1, "projector.") == []  # the decoder sat out
     assert moved(stage1, final, "decoder.") and moved(stage1, final, "projector.")
     log = [r for r in map(json.loads, open(run_a / "log.jsonl")) if "loss" in r]
@@ -396,3 +401,29 @@ def test_tiny_preset_loss_falls_within_three_minutes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == len(curve) and summary["minutes"] < 4  # stopped by the clock, then saved
     assert trainer_state(out / "last")["step"] == len(curve)
+
+
+def test_tiny_first_conv_starts_as_a_mel_filterbank():
+    """Each row of the tiny encoder's first conv is a band-pass filter at its mel-spaced frequency (checked on the
+    row's own spectrum, not on the formula that made it), cosine and sine at each frequency."""
+    import argparse
+
+    from nanoaudio.tiny import build_tiny, filterbank
+
+    args = argparse.Namespace(projector="linear", stack=5, seed=0, ctc_weight=0.5)
+    w = build_tiny(args, "cpu").encoder.feature_extractor.conv_layers[0].conv.weight.detach()  # (128, 1, 80)
+    torch.testing.assert_close(w, filterbank(128, 80))
+    rows = w[:, 0].double()
+    torch.testing.assert_close(rows.pow(2).sum(1), torch.full((128,), 2.0, dtype=torch.float64))
+    n_fft = 16_000  # 1 Hz bins
+    spectrum = torch.fft.rfft(rows, n=n_fft).abs()  # (128, 8001)
+    peaks = spectrum.argmax(1).double()  # Hz
+    mel = 2595 * torch.log10(1 + torch.tensor([150.0, 7000.0], dtype=torch.float64) / 700)
+    centres = 700 * (10 ** (torch.linspace(*mel, 64, dtype=torch.float64) / 2595) - 1)
+    # a 5 ms window smears each band over ~400 Hz: its peak is exact only once above that (below, the negative-
+    # frequency image pulls it); cosine and sine rows share a frequency, 90 degrees apart (orthogonal)
+    high = centres > 1000
+    assert (peaks[0::2][high] - centres[high]).abs().max() < 15
+    assert (peaks[1::2][high] - centres[high]).abs().max() < 15
+    assert (peaks.diff()[1::2][high[:-1] & high[1:]] > 0).all()  # rising from one frequency to the next
+    assert (rows[0::2] * rows[1::2]).sum(1).abs()[high].max() < 0.05
