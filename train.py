@@ -75,14 +75,14 @@ DEFAULTS = dict(
 PRESETS = {
     # Everything from scratch on CPU in minutes: a small HuBERT-style encoder with a CTC head, the
     # AudioProjector and a small Qwen3-style decoder, on synthetic speech (see nanoaudio/tiny.py).
-    # Small batches, many steps: on 2 cores a step of 8 utterances takes ~0.22 s (14,295 steps in a 52-minute
-    # run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core Xeon with AMX in bf16, --precision auto, measured with
-    # the earlier 7x32 conv front end), and this model learns more per second from more, noisier steps than
-    # from fewer, larger ones.
+    # Small batches, many steps: on 2 cores a step of 8 utterances takes ~0.2 s with the encoder alone or frozen,
+    # ~0.3 s once it rejoins (12,154 steps in a 52-minute run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core
+    # Xeon with AMX in bf16, --precision auto, measured with the earlier 7x32 conv front end), and this model
+    # learns more per second from more, noisier steps than from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="auto", eval_every=2500, eval_samples=100, save_every=500,
-                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700, max_audio_seconds=8.0, lora_r=0,
-                 weight_decay=0.0),
+                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700, max_audio_seconds=8.0,
+                 lora_r=0, weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
                                  batch_size=8, grad_accum=4, lr=1e-4, warmup=500, grad_checkpointing=True),
