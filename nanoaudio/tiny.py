@@ -132,12 +132,14 @@ def filterbank(channels: int, kernel: int, low_hz: float = 150.0, high_hz: float
     """
     import math
 
+    from nanoaudio.audio import SAMPLE_RATE
+
     mel = lambda hz: 2595 * math.log10(1 + hz / 700)  # noqa: E731
     hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
     n = channels // 2
     freqs = torch.tensor([hz(mel(low_hz) + (mel(high_hz) - mel(low_hz)) * i / (n - 1)) for i in range(n)],
                          dtype=torch.float64)
-    t = torch.arange(kernel, dtype=torch.float64) / 16_000
+    t = torch.arange(kernel, dtype=torch.float64) / SAMPLE_RATE
     phase = 2 * math.pi * freqs[:, None, None] * t + torch.tensor([0.0, math.pi / 2])[None, :, None]  # (n, 2, K)
     w = (torch.hann_window(kernel, periodic=False, dtype=torch.float64) * torch.cos(phase)).reshape(2 * n, kernel)
     w = w / w.norm(dim=1, keepdim=True) * math.sqrt(2)

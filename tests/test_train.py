@@ -104,7 +104,7 @@ def trainer_state(folder) -> dict:
 
 @pytest.fixture(scope="module")
 def run_a(data, easy, tmp_path_factory):
-    """6 steps uninterrupted, saving at step 3 too, into an out folder whose `last` holds a stale file.
+    """6 steps uninterrupted, saving after every step, into an out folder whose `last` holds a stale file.
 
     The tiny preset's two stages at --encoder-first 0.5: steps 1-3 train the encoder alone, 4-6 the rest on it,
     frozen for their first 2 steps, which come from the digit strings (the curriculum), then training again
