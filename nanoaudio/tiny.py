@@ -134,11 +134,9 @@ def filterbank(channels: int, kernel: int, low_hz: float = 150.0, high_hz: float
 
     from nanoaudio.audio import SAMPLE_RATE
 
-    mel = lambda hz: 2595 * math.log10(1 + hz / 700)  # noqa: E731
-    hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    mel = lambda hz: 2595 * math.log10(1 + hz / 700)  # noqa: E731  (HTK's mel scale)
     n = channels // 2
-    freqs = torch.tensor([hz(mel(low_hz) + (mel(high_hz) - mel(low_hz)) * i / (n - 1)) for i in range(n)],
-                         dtype=torch.float64)
+    freqs = 700 * (10 ** (torch.linspace(mel(low_hz), mel(high_hz), n, dtype=torch.float64) / 2595) - 1)  # Hz
     t = torch.arange(kernel, dtype=torch.float64) / SAMPLE_RATE
     phase = 2 * math.pi * freqs[:, None, None] * t + torch.tensor([0.0, math.pi / 2])[None, :, None]  # (n, 2, K)
     w = (torch.hann_window(kernel, periodic=False, dtype=torch.float64) * torch.cos(phase)).reshape(2 * n, kernel)
@@ -162,7 +160,7 @@ def build_tiny(args, device):
     encoder = HubertEncoder(EncoderConfig.from_hf_config(ENCODER))
     with torch.no_grad():
         conv0 = encoder.feature_extractor.conv_layers[0].conv.weight  # (128, 1, 80)
-        conv0.copy_(filterbank(*conv0.shape[::2]))
+        conv0.copy_(filterbank(channels=conv0.shape[0], kernel=conv0.shape[2]))
     decoder = Decoder(DecoderConfig.from_hf_config(decoder_cfg))
     decoder.eos_token_ids = [tokenizer.eot_id]
     pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=ENCODER["hidden_size"],
