@@ -69,6 +69,8 @@ DEFAULTS = dict(
     ctc_weight=0.0,
     encoder_first=0.0,  # from scratch: this share of the run trains the encoder alone (CTC), then freezes it
     encoder_rejoin=-1,  # ... until this step of stage 2, when it trains again with the rest (-1: never)
+    rejoin_lr_scale=1.0,  # ... at this share of the others' learning rate
+    synth_sentences=0.5,  # the tiny preset's synthetic training data: this share sentences, the rest digit strings
     preset=None,
 )
 
@@ -76,13 +78,13 @@ PRESETS = {
     # Everything from scratch on CPU in minutes: a small HuBERT-style encoder with a CTC head, the
     # AudioProjector and a small Qwen3-style decoder, on synthetic speech (see nanoaudio/tiny.py).
     # Small batches, many steps: on 2 cores a step of 8 utterances takes ~0.2 s with the encoder alone or frozen,
-    # ~0.3 s once it rejoins (12,154 steps in a 52-minute run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core
+    # ~0.3 s once it rejoins (12,265 steps in a 52-minute run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core
     # Xeon with AMX in bf16, --precision auto, measured with the earlier 7x32 conv front end), and this model
     # learns more per second from more, noisier steps than from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
                  warmup=100, precision="auto", eval_every=2500, eval_samples=100, save_every=500,
-                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700, max_audio_seconds=8.0,
-                 lora_r=0, weight_decay=0.0),
+                 ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700,
+                 max_audio_seconds=8.0, lora_r=0, weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
                                  batch_size=8, grad_accum=4, lr=1e-4, warmup=500, grad_checkpointing=True),
@@ -135,6 +137,10 @@ def parse_args(argv=None):
         "encoder_rejoin": "with --encoder-first: from this step of stage 2 on, the encoder trains again, together "
                           "with projector and decoder (-1: frozen to the end; the tiny preset: 700, when the "
                           "decoder's curriculum ends)",
+        "rejoin_lr_scale": "the rejoined encoder's learning rate, as a share of stage 2's (the bundled model: 0.3; "
+                           "at the full rate it first loses much of what stage 1 taught it)",
+        "synth_sentences": "the tiny preset's synthetic training utterances: the share of sentences, the rest digit "
+                           "strings (the bundled model: 0.75)",
     }
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
@@ -233,7 +239,8 @@ def build_data(args, model, rank, world):
         # DDP: rank 0 synthesizes the data; the others wait, then find it on disk (tiny_data reuses it)
         if rank > 0:
             dist.barrier()
-        args.data, easy, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed)
+        args.data, easy, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed,
+                                                        sentences=args.synth_sentences)
         args.easy_data = args.easy_data or easy
         if rank == 0 and world > 1:
             dist.barrier()
@@ -334,6 +341,14 @@ def load_trainer_state(folder, optimizer, train_batches, easy_batches=None) -> d
     tensors = read_tensors_file(folder / "optimizer.safetensors")
     state = {int(pid): {k: (tensors[f"{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
              for pid, st in trainer["state"].items()}
+
+    def layout(groups):
+        return [(len(g["params"]), g.get("encoder", False)) for g in groups]
+
+    saved, ours = layout(trainer["param_groups"]), layout(optimizer.param_groups)
+    if saved != ours:
+        raise NanoaudioError(f"{folder}: its optimizer state holds parameter groups {saved} (size, encoder?), this "
+                             f"model's are {ours}: a checkpoint of another model, or from an older train.py")
     optimizer.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
@@ -439,11 +454,16 @@ def main(argv=None):
                                  f"smaller --decoder")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98),
-                                  fused=device.type == "cuda")
+    # four groups: weight decay on matrices only; the encoder apart, for its own learning rate once it rejoins
+    in_encoder = {id(p) for p in model.encoder.parameters()}
+    groups = []
+    for encoder in (False, True):
+        for decay in (True, False):
+            group = [p for p in params if (id(p) in in_encoder) == encoder and (p.ndim >= 2) == decay]
+            if group:
+                groups.append({"params": group, "weight_decay": args.weight_decay if decay else 0.0,
+                               "encoder": encoder})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     trainer = load_trainer_state(args.resume, optimizer, train_batches, easy_batches) if args.resume else {}
     step = trainer.get("step", 0)
     # two stages (--encoder-first): the step where the second began, None before it (or with one stage)
@@ -506,7 +526,7 @@ def main(argv=None):
         else:
             lr = lr_at(step - stage2, (progress - args.encoder_first) / (1 - args.encoder_first), args.warmup, args.lr)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * args.rejoin_lr_scale if g["encoder"] and stage2 is not None else lr
         t0 = time.time()
         loss_sum, n_audio = 0.0, 0.0
         decoder_start = stage2 if args.encoder_first else 0  # None while the encoder trains alone

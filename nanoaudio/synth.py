@@ -116,9 +116,11 @@ def vocabulary() -> list[str]:
     return [w.strip() for w in VOCAB_FILE.read_text().splitlines() if w.strip()]
 
 
-def random_text(rng: random.Random, kind: str, words: list[str]) -> str:
-    if kind == "mixed":
-        kind = rng.choice(["digits", "sentences"])
+def random_text(rng: random.Random, kind: str, words: list[str], sentences: float = 0.5) -> str:
+    """A digit string, a random sentence from `words`, or (kind "mixed") a sentence with probability `sentences`."""
+    if kind == "mixed":  # (an even mix draws with rng.choice, as before `sentences` existed: the same datasets)
+        kind = rng.choice(["digits", "sentences"]) if sentences == 0.5 else \
+            "sentences" if rng.random() < sentences else "digits"
     if kind == "digits":
         return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(*DIGIT_LENGTHS)))
     if kind == "sentences":
@@ -157,22 +159,26 @@ def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise
 
 
 def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3,
-                 pauses: float = 0.0) -> Path:
+                 pauses: float = 0.0, sentences: float = 0.5) -> Path:
     """Write n utterances as FLAC + manifest.jsonl into `folder` -> the manifest's path.
 
     `noise`, `pauses`: the share of utterances with added noise, with silences between phrases (random_utterance).
-    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise, pauses) is reused.
+    `sentences`: kind "mixed", the share of random sentences (the rest are digit strings).
+    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise, pauses, sentences)
+    is reused.
     `exclude`: a manifest (or an iterable of texts) whose texts must not occur here: held-out sets use it so
     that no evaluation string was ever heard in training. Written to folder.tmp, then renamed.
     """
     import soundfile as sf
 
-    for name, share in (("noise", noise), ("pauses", pauses)):
+    for name, share in (("noise", noise), ("pauses", pauses), ("sentences", sentences)):
         if not 0 <= share <= 1:
             raise NanoaudioError(f"{name} is a share of the utterances, in [0, 1]: got {share}")
     folder = Path(folder)
     manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
                                                      "pauses": pauses}
+    if sentences != 0.5:  # (only then: folders written before `sentences` existed are still found)
+        recipe["sentences"] = sentences
     if manifest.exists() and json.loads((folder / "recipe.json").read_text()) == recipe:
         return manifest
     if exclude is not None and not isinstance(exclude, (set, list, tuple)):
@@ -183,9 +189,9 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        text = random_text(rng, kind, words)
+        text = random_text(rng, kind, words, sentences)
         while text in banned:
-            text = random_text(rng, kind, words)
+            text = random_text(rng, kind, words, sentences)
         wave, how = random_utterance(rng, text, all_voices, noise, pauses)
         name = f"{i:06d}.flac"
         sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
@@ -214,11 +220,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="--dataset seed")
     p.add_argument("--pauses", type=float, default=0.0,
                    help="--dataset share of utterances spoken as phrases with silences between them")
+    p.add_argument("--sentences", type=float, default=0.5, help="--dataset --kind mixed: share of random sentences")
     args = p.parse_args(argv)
     if args.list_voices:
         print("\n".join(voices()))
     elif args.dataset:
-        print(make_dataset(args.dataset, args.n, args.kind, args.seed, pauses=args.pauses))
+        print(make_dataset(args.dataset, args.n, args.kind, args.seed, pauses=args.pauses, sentences=args.sentences))
     elif args.text:
         import soundfile as sf
 

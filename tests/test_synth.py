@@ -1,6 +1,7 @@
 """Synthetic speech: espeak-ng through ctypes, deterministic by seed, written in the JSONL layout nanoaudio reads."""
 
 import json
+import random
 import subprocess
 import sys
 
@@ -54,6 +55,21 @@ def test_datasets_are_deterministic_by_seed_and_respect_exclude(tmp_path):
     assert not set(texts) & {r["text"] for r in rows_a}
     assert all(set(t.split()) <= set(synth.DIGITS) for t in texts)
     assert not (tmp_path / "d.tmp").exists()  # written to a temporary folder, then renamed
+
+
+def test_mixed_datasets_hold_the_asked_share_of_sentences(tmp_path):
+    def kinds(share, n):
+        rows = map(json.loads, open(synth.make_dataset(tmp_path / f"m{share}", n, seed=5, noise=0.0, sentences=share)))
+        return ["digits" if set(r["text"].split()) <= set(synth.DIGITS) else "sentences" for r in rows]
+
+    assert set(kinds(0.0, 6)) == {"digits"} and set(kinds(1.0, 6)) == {"sentences"}
+    # the texts alone (no speech), enough of them to see the share
+    rng, words = random.Random(0), synth.vocabulary()
+    drawn = [synth.random_text(rng, "mixed", words, sentences=0.75) for _ in range(2000)]
+    share = sum(not set(t.split()) <= set(synth.DIGITS) for t in drawn) / len(drawn)
+    assert abs(share - 0.75) < 0.03  # 3 standard deviations of a binomial share over 2000 draws is 0.029
+    with pytest.raises(NanoaudioError, match="sentences"):
+        synth.make_dataset(tmp_path / "bad", 2, sentences=1.5)
 
 
 def test_sentences_use_the_preset_vocabulary(tmp_path):

@@ -108,7 +108,7 @@ def run_a(data, easy, tmp_path_factory):
 
     The tiny preset's two stages at --encoder-first 0.5: steps 1-3 train the encoder alone, 4-6 the rest on it,
     frozen for their first 2 steps, which come from the digit strings (the curriculum), then training again
-    (--encoder-rejoin 2); the run resumed from step 3 must cross into the second stage, out of the curriculum
+    (--encoder-rejoin 2, at half the others' learning rate); the run resumed from step 3 must cross into the second stage, out of the curriculum
     and into the rejoined encoder exactly as this one did.
 
     Each save of `last` (every step) is also copied to step<N>: step3 is the checkpoint an interrupted run
@@ -126,7 +126,8 @@ def run_a(data, easy, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "save_checkpoint", save_and_keep)
         run_main([*FAST, "--data", data, "--easy-data", easy, "--easy-steps", 2, "--out", out, "--steps", 6,
-                  "--save-every", 1, "--encoder-first", 0.5, "--encoder-rejoin", 2])
+                  "--save-every", 1, "--encoder-first", 0.5, "--encoder-rejoin", 2,
+                  "--rejoin-lr-scale", 0.5])
     return out
 
 
@@ -152,7 +153,7 @@ def test_resume_continues_exactly(run_a, tmp_path):
 
 def test_two_stages_train_the_encoder_then_the_rest(run_a):
     """--encoder-first 0.5 of 6 steps: steps 1-3 move only the encoder, 4-5 only the projector and decoder,
-    step 6 all of them (--encoder-rejoin 2)."""
+    step 6 all of them (--encoder-rejoin 2), the encoder at half their learning rate (--rejoin-lr-scale 0.5)."""
     torch.manual_seed(1337)  # train.py's default seed, set before build_model
     init = train.build_model(train.parse_args(FAST), torch.device("cpu")).trainable_state_dict()
     stage1, step5 = (load_file(run_a / f"step{n}" / "model.safetensors") for n in (3, 5))
@@ -170,10 +171,27 @@ def test_two_stages_train_the_encoder_then_the_rest(run_a):
     log = [r for r in map(json.loads, open(run_a / "log.jsonl")) if "loss" in r]
     assert [r["lm_loss"] for r in log[:3]] == [0.0] * 3 and all(r["lm_loss"] > 0 for r in log[3:])
     assert [r["lr"] for r in log[3:5]] == [r["lr"] for r in log[:2]]  # stage 2 warms up again from the start
+    groups = trainer_state(run_a / "last")["param_groups"]  # matrices and the rest, outside the encoder and in it
+    assert [(g["encoder"], g["lr"]) for g in groups] == [(False, log[5]["lr"])] * 2 + [(True, 0.5 * log[5]["lr"])] * 2
+    assert {g["lr"] for g in trainer_state(run_a / "step3")["param_groups"]} == {log[2]["lr"]}  # stage 1: one rate
     # the curriculum: stage 2's first 2 batches came from the digit strings, the other 4 steps from the whole set
     state = trainer_state(run_a / "last")
     assert [state["easy_data"][k] for k in ("epoch", "window", "batch")] == [0, 0, 2]
     assert [state["data"][k] for k in ("epoch", "window", "batch")] == [0, 0, 4]
+
+
+def test_resume_refuses_an_optimizer_state_of_another_layout(run_a, tmp_path):
+    old = shutil.copytree(run_a / "step3", tmp_path / "old")
+    state = trainer_state(old)
+    # as train.py wrote them before the encoder had groups of its own: matrices, then the rest
+    state["param_groups"] = [{k: v for k, v in g.items() if k != "encoder"} for g in state["param_groups"]]
+    state["param_groups"][0]["params"] += state["param_groups"].pop(2)["params"]
+    state["param_groups"][1]["params"] += state["param_groups"].pop(2)["params"]
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    r = subprocess.run([sys.executable, "train.py", "--resume", str(old), "--out", str(tmp_path / "b")], cwd=ROOT,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "optimizer state" in r.stderr and str(old) in r.stderr, r.stderr
 
 
 def test_checkpoint_restores_every_random_generator(run_a, data, tmp_path):
@@ -316,6 +334,23 @@ def test_missing_data_is_a_one_line_error(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "/nonexistent/train.jsonl" in lines[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_tiny_preset_synthesizes_the_share_of_sentences_it_is_given(tmp_path, monkeypatch):
+    import nanoaudio.tiny
+
+    asked = []
+
+    def fake_tiny_data(folder, seed, sentences):
+        asked.append((Path(folder), seed, sentences))
+        raise NanoaudioError("stop here")
+
+    monkeypatch.setattr(nanoaudio.tiny, "tiny_data", fake_tiny_data)
+    for flags, share in (([], 0.5), (["--synth-sentences", "0.75"], 0.75)):
+        args = train.parse_args(["--preset", "tiny", "--out", str(tmp_path / "run"), "--seed", "3", *flags])
+        with pytest.raises(NanoaudioError, match="stop here"):
+            train.build_data(args, None, 0, 1)
+        assert asked.pop() == (tmp_path / "tiny-data", 3, share)
 
 
 def test_encoder_first_must_be_a_share_of_the_run(data, tmp_path):
