@@ -118,9 +118,11 @@ def vocabulary() -> list[str]:
 
 def random_text(rng: random.Random, kind: str, words: list[str], sentences: float = 0.5) -> str:
     """A digit string, a random sentence from `words`, or (kind "mixed") a sentence with probability `sentences`."""
-    if kind == "mixed":  # (an even mix draws with rng.choice, as before `sentences` existed: the same datasets)
-        kind = rng.choice(["digits", "sentences"]) if sentences == 0.5 else \
-            "sentences" if rng.random() < sentences else "digits"
+    if kind == "mixed":
+        if sentences == 0.5:  # drawn as before `sentences` existed: a seed still gives the dataset it gave then
+            kind = rng.choice(["digits", "sentences"])
+        else:
+            kind = "sentences" if rng.random() < sentences else "digits"
     if kind == "digits":
         return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(*DIGIT_LENGTHS)))
     if kind == "sentences":

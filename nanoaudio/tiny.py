@@ -188,10 +188,11 @@ def build_tiny(args, device):
 def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, sentences: float = 0.5):
     """Synthesize (once) the preset's training set and two held-out sets -> (train, easy, evals) data specs.
 
-    36,000 training utterances, three quarters of them sentences (22.4 hours of speech, 6.4 minutes to synthesize
-    on 2 cores): the 52-minute run sees each about 2.7 times, so the decoder cannot get by on memorized
-    transcripts. `easy` is a manifest of its
-    digit strings alone: the decoder's first steps (the curriculum, train.py --easy-steps).
+    36,000 training utterances, a share `sentences` of them random sentences and the rest digit strings (half:
+    21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; three quarters, the bundled model's: 22.4
+    hours, 6.4 minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
+    transcripts. `easy` is a manifest of its digit strings alone: the decoder's first steps (the curriculum,
+    train.py --easy-steps).
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's
     `exclude`), spoken by voices/rates/pitches drawn from all of espeak-ng's variants.
     """

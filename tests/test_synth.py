@@ -59,7 +59,8 @@ def test_datasets_are_deterministic_by_seed_and_respect_exclude(tmp_path):
 
 def test_mixed_datasets_hold_the_asked_share_of_sentences(tmp_path):
     def kinds(share, n):
-        rows = map(json.loads, open(synth.make_dataset(tmp_path / f"m{share}", n, seed=5, noise=0.0, sentences=share)))
+        manifest = synth.make_dataset(tmp_path / f"m{share}", n, seed=5, noise=0.0, sentences=share)
+        rows = map(json.loads, open(manifest))
         return ["digits" if set(r["text"].split()) <= set(synth.DIGITS) else "sentences" for r in rows]
 
     assert set(kinds(0.0, 6)) == {"digits"} and set(kinds(1.0, 6)) == {"sentences"}

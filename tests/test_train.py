@@ -108,8 +108,8 @@ def run_a(data, easy, tmp_path_factory):
 
     The tiny preset's two stages at --encoder-first 0.5: steps 1-3 train the encoder alone, 4-6 the rest on it,
     frozen for their first 2 steps, which come from the digit strings (the curriculum), then training again
-    (--encoder-rejoin 2, at half the others' learning rate); the run resumed from step 3 must cross into the second stage, out of the curriculum
-    and into the rejoined encoder exactly as this one did.
+    (--encoder-rejoin 2, at half the others' learning rate); the run resumed from step 3 must cross into the
+    second stage, out of the curriculum and into the rejoined encoder exactly as this one did.
 
     Each save of `last` (every step) is also copied to step<N>: step3 is the checkpoint an interrupted run
     would leave.
