@@ -6,6 +6,8 @@ Transcribe audio files with a nanoaudio checkpoint.
     python sample.py talk.flac --checkpoint out/qwen3-8b/last --device cuda --dtype bf16
     cat audio.wav | python sample.py -               # from standard input
     python sample.py audio.wav --trace               # every stage, its shape and the formula behind it
+    python sample.py audio.wav --beams 8             # beam search, rescored with the encoder's CTC head
+    python sample.py --eval out/tiny-data/eval-sentences/manifest.jsonl --beams 8   # WER on labeled data
 
 Files longer than the model's window (30 s for real models) are cut into overlapping chunks, each cut in the
 quietest moment near it, and the transcripts stitched where they agree, so no word is dropped or repeated at a seam.
@@ -30,7 +32,7 @@ OVERLAP_FRACTION = 0.3  # ... but at most this fraction of a short window (the t
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="audio files, folders (walked for audio files) or - for stdin")
+    p.add_argument("inputs", nargs="*", help="audio files, folders (walked for audio files) or - for stdin")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder written by train.py (default: bundled tiny)")
     p.add_argument("--batch-size", type=int, default=1, help="files per batch (padding masks keep results identical)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest transcript per chunk, in tokens")
@@ -40,7 +42,21 @@ def parse_args(argv=None):
     p.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
     p.add_argument("--json", action="store_true", help="one JSON object per file: path, text, seconds, RTF")
     p.add_argument("--trace", action="store_true", help="print every stage of the pipeline for one file")
-    return p.parse_args(argv)
+    p.add_argument("--beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    p.add_argument("--ctc-weight", type=float, default=0.5,
+                   help="with --beams: rank the beams by (1-w) log p_decoder + w log p_CTC, when the encoder has a "
+                        "CTC head (0: the decoder alone)")
+    p.add_argument("--eval", metavar="DATA", help="labeled data (LibriSpeech folder, JSONL manifest, parquet, as "
+                   "train.py reads): transcribe it and print the WER instead")
+    p.add_argument("--eval-samples", type=int, default=0, help="with --eval: the first N utterances (0: all)")
+    args = p.parse_args(argv)
+    if not args.inputs and not args.eval:
+        p.error("give audio files (or a folder, or -) to transcribe, or --eval DATA")
+    if args.beams < 1 or not 0 <= args.ctc_weight <= 1:
+        p.error(f"--beams must be >= 1 and --ctc-weight in [0, 1]: got {args.beams}, {args.ctc_weight}")
+    if args.stream and args.beams > 1:
+        p.error("--stream shows greedy decoding token by token: it cannot be combined with --beams")
+    return args
 
 
 def find_audio(inputs):
@@ -181,7 +197,8 @@ def transcribe_batch(model, waves, args, window_s, on_token=None, batch_size=Non
     device = torch.device(args.device)
     for i in range(0, len(pieces), batch_size):
         wave, mask = batch_audio(pieces[i:i + batch_size])
-        ids = model.generate_ids(wave.to(device), mask.to(device), args.max_new_tokens, on_token=on_token)
+        ids = model.generate_ids(wave.to(device), mask.to(device), args.max_new_tokens, on_token=on_token,
+                                 num_beams=args.beams, ctc_weight=args.ctc_weight)
         for j, row in enumerate(ids):
             texts[owners[i + j]].append(model.tokenizer.decode(row).strip())
     return [stitch(t) for t in texts]
@@ -230,13 +247,36 @@ def trace(model, item, wave, args):
     show("prompt tokens", f"T = {len(ids)} = {len(ids) - n_tok} text + {n_tok} audio",
          f"audio slots at positions {start}..{start + n_tok - 1}", len(ids) - n_tok >= 0)
     t0 = time.time()
-    out = model.generate_ids(wav.to(args.device), mask.to(args.device), args.max_new_tokens)[0]
+    out = model.generate_ids(wav.to(args.device), mask.to(args.device), args.max_new_tokens, num_beams=args.beams,
+                             ctc_weight=args.ctc_weight)[0]
     dt = time.time() - t0
-    show("generated tokens", f"N = {len(out)}", f"greedy, KV cache, {len(out) / max(dt, 1e-9):.1f} tokens/s", None, dt)
+    how = "greedy" if args.beams == 1 else f"{args.beams} beams"
+    show("generated tokens", f"N = {len(out)}", f"{how}, KV cache, {len(out) / max(dt, 1e-9):.1f} tokens/s", None, dt)
     text = model.tokenizer.decode(out).strip()
     show("text", repr(text), f"{len(text.split())} words")
     print(f"\nall counts match their formulas: {all(checks)}")
     return text, all(checks)
+
+
+def evaluate(model, args, window_s):
+    """--eval: transcribe labeled data the way files are transcribed, print a few pairs and the WER."""
+    from nanoaudio.data import open_dataset
+    from nanoaudio.text import normalize_text, wer
+
+    dataset = open_dataset(args.eval)
+    examples = [ex for i, ex in zip(range(args.eval_samples or len(dataset)), dataset)]
+    t0 = time.time()
+    hyps = transcribe_batch(model, [ex.audio for ex in examples], args, window_s, batch_size=max(args.batch_size, 8))
+    refs, hyps = [normalize_text(ex.text) for ex in examples], [normalize_text(h) for h in hyps]
+    for ref, hyp in list(zip(refs, hyps))[:3]:
+        print(f"ref: {ref}\nhyp: {hyp}")
+    seconds = sum(ex.seconds for ex in examples)
+    how = "greedy" if args.beams == 1 else f"{args.beams} beams, CTC weight {args.ctc_weight:g}"
+    print(f"WER {100 * wer(refs, hyps):.2f}% on {len(examples)} utterances of {dataset.name} ({how}; "
+          f"{seconds / (time.time() - t0):.0f} s of audio per second)")
+    if dataset.skipped:
+        print(f"skipped: {dataset.skipped_report()}")
+    return 0
 
 
 def main(argv=None):
@@ -251,6 +291,8 @@ def main(argv=None):
               "DIR for a model trained with train.py.", file=sys.stderr)
     model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
     window_s = args.window or model.config.window_seconds
+    if args.eval:
+        return evaluate(model, args, window_s)
     items = list(find_audio(args.inputs))
     failed = 0
 

@@ -12,7 +12,8 @@
 - RMSNorm and attention go through nanoaudio.nn: Triton kernels on CUDA, PyTorch (SDPA) elsewhere.
 - Generation: an explicit preallocated KVCache, one prefill over the prompt, then one token per step;
   greedy; batched prompts are left-padded and described by an attention mask, positions counted from
-  the mask (as transformers does); stops on the eos ids of generation_config.json.
+  the mask (as transformers does); stops on the eos ids of generation_config.json. `beam_search` keeps
+  W hypotheses of one prompt as W cache rows, reordered each step as the beams survive.
 - `load_decoder`: the model is built on the meta device and the raw safetensors are read straight into
   the target dtype, one tensor at a time (load.py): no fp32 copy, nothing unpickled, strict names/shapes.
 References: transformers models/qwen3/modeling_qwen3.py, models/smollm3/modeling_smollm3.py,
@@ -89,6 +90,10 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def select(self, rows: torch.Tensor):
+        """Keep the batch rows `rows` (B',), in that order, repeats allowed: beam search follows its beams."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
 # -----------------------------------------------------------------------------
@@ -318,6 +323,50 @@ class Decoder(nn.Module):
             h = self.hidden_states(token[:, None], step_mask, cache=cache)  # (B, 1, C), one cached step
         out = torch.stack(new, 1) if new else torch.zeros(B, 0, dtype=torch.long, device=device)  # (B, N)
         return out if input_ids is None else torch.cat([input_ids, out], 1)
+
+    @torch.inference_mode()
+    def beam_search(self, input_ids=None, max_new_tokens=32, num_beams=4, eos_token_id=None, *, inputs_embeds=None):
+        """Beam search over ONE prompt, input_ids (1, T) or inputs_embeds (1, T, C) -> the num_beams best
+        finished continuations, best first: [(new token ids, summed log-probability), ...].
+
+        The textbook search, as transformers runs it with generate(num_beams=W, early_stopping="never",
+        length_penalty=0.0): each step keeps the W best unfinished of the (1 + #eos) * W best extensions; an
+        extension ending in an eos id, or at max_new_tokens, is a finished hypothesis if it ranks among the
+        first W of them. It stops once no live beam scores above the W-th finished one (log-probabilities only
+        fall as tokens are added, so none could still beat it). A finished hypothesis keeps its eos id.
+        """
+        eos = self.eos_token_ids if eos_token_id is None else eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos)
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (1, T, C)
+        if x.shape[0] != 1:
+            raise ValueError(f"beam_search takes one prompt, got a batch of {x.shape[0]}")
+        W, K = num_beams, (1 + max(len(eos), 1)) * num_beams
+        cache = KVCache(self.config, 1, x.shape[1] + max_new_tokens, x.dtype, x.device)
+        h = self.hidden_states(inputs_embeds=x, cache=cache)[:, -1]  # (1, C): one row until the first step
+        beams, scores = [[]], torch.zeros(1, device=x.device)  # token lists and their log-probabilities (R,)
+        finished = []  # (score, ids), the best W so far, best first
+        for step in range(max_new_tokens):
+            logp = self.lm_head(h).float().log_softmax(-1)  # (R, V)
+            V = logp.shape[-1]
+            top, where = (scores[:, None] + logp).view(-1).topk(min(K, logp.numel()))  # (K,), sorted
+            alive = []  # (score, row, token) of the W best unfinished extensions
+            for rank, (score, i) in enumerate(zip(top.tolist(), where.tolist())):
+                row, token = divmod(i, V)
+                if token in eos or step == max_new_tokens - 1:
+                    if rank < W:
+                        finished.append((score, beams[row] + [token]))
+                elif len(alive) < W:
+                    alive.append((score, row, token))
+            finished = sorted(finished, key=lambda f: -f[0])[:W]
+            if not alive or (len(finished) == W and alive[0][0] <= finished[-1][0]):
+                break
+            scores = torch.tensor([a[0] for a in alive], device=x.device)
+            rows = torch.tensor([a[1] for a in alive], device=x.device)
+            tokens = torch.tensor([a[2] for a in alive], device=x.device)
+            beams = [beams[a[1]] + [a[2]] for a in alive]
+            cache.select(rows)
+            h = self.hidden_states(tokens[:, None], cache=cache)[:, -1]  # (W, C)
+        return [(ids, score) for score, ids in finished]
 
 
 # -----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ The audio embeddings take the place of N placeholder positions; nothing about th
 Labels are -100 everywhere except the transcript tokens and the end-of-turn token, so the model learns to
 write the transcript and to stop, and nothing else.
 
+Decoding is greedy (the batch at once), or a beam search per utterance whose beams the encoder's CTC head, when
+it has one, scores again (nbest): the decoder knows the words, the frame-level CTC model checks them against the
+audio, letter by letter.
+
 Checkpoint layout (one folder, written atomically, see load.atomic_dir):
     config.json                  this ASRConfig, with the encoder/decoder hub ids or their full configs
     model.safetensors            projector.* (+ encoder.* and decoder.* when trained from scratch)
@@ -34,6 +38,7 @@ from torch import nn
 from nanoaudio import NanoaudioError
 from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig
 from nanoaudio.load import atomic_dir, load_state, read_json, read_tensors
+from nanoaudio.text import normalize_text
 
 INSTRUCTION = "Transcribe the speech to text"
 AUDIO_MARKER = "\x00audio\x00"  # splits the rendered prompt; never reaches the tokenizer
@@ -201,8 +206,19 @@ class ASRModel(nn.Module):
     # inference -----------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate_ids(self, waveform, attention_mask=None, max_new_tokens: int = 128, on_token=None):
-        """(B, S) -> list of B token-id lists (greedy, KV cache, stops at the end-of-turn token)."""
+    def generate_ids(self, waveform, attention_mask=None, max_new_tokens: int = 128, on_token=None,
+                     num_beams: int = 1, ctc_weight: float = 0.0):
+        """(B, S) -> list of B token-id lists, each stopped at the end-of-turn token.
+
+        num_beams 1: greedy, the batch at once, with a KV cache (on_token streams it). num_beams > 1: a beam
+        search per utterance, whose num_beams transcripts are then ranked by
+        (1 - ctc_weight) * log p_decoder + ctc_weight * log p_CTC (see nbest).
+        """
+        if num_beams > 1:
+            if on_token is not None:
+                raise NanoaudioError("streaming (on_token) decodes greedily: it cannot be combined with beams")
+            return [max(hyps, key=lambda h: (1 - ctc_weight) * h[1] + ctc_weight * h[2])[0]
+                    for hyps in self.nbest(waveform, attention_mask, num_beams, max_new_tokens, ctc_weight > 0)]
         tokens, token_mask, _, _ = self.encode_audio(waveform, attention_mask)
         prompts = [build_prompt(self.tokenizer, self.family, int(n), None, self.config.instruction)
                    for n in token_mask.sum(1)]
@@ -216,8 +232,45 @@ class ASRModel(nn.Module):
             result.append(row[:cut])
         return result
 
-    def transcribe(self, audio, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
-        """Paths or 1-D 16 kHz waveforms -> transcripts (greedy decoding with a KV cache)."""
+    @torch.inference_mode()
+    def nbest(self, waveform, attention_mask=None, num_beams: int = 4, max_new_tokens: int = 128, ctc: bool = True):
+        """(B, S) -> per utterance, the decoder's beam search's num_beams transcripts, best first:
+        [(ids without the end-of-turn token, decoder log-probability, CTC log-probability), ...].
+
+        The CTC log-probability is the encoder's CTC head's, of the transcript's characters (after
+        normalize_text, as its training targets), summed over every alignment (torch's ctc_loss): the
+        frame-level model checks the decoder's guesses against the audio, character by character. Joint
+        CTC/attention decoding (Watanabe et al., 2017, arXiv:1706.00612) scores each prefix during the search;
+        rescoring the finished beams is the simple form of it. ctc=False (or no CTC head): 0.0 in its place.
+        """
+        tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
+        ctc = ctc and self.encoder.lm_head is not None
+        log_probs = self.encoder.ctc_logits(frames).float().log_softmax(-1) if ctc else None  # (B, F, 32)
+        eos, result = self.decoder.eos_token_ids, []
+        for b in range(len(tokens)):
+            n = int(token_mask[b].sum())
+            prompt = build_prompt(self.tokenizer, self.family, n, None, self.config.instruction)
+            embeds, _, _ = self._splice([prompt], tokens[b:b + 1, :n], token_mask[b:b + 1, :n], left_pad=True)
+            hyps = []
+            for ids, score in self.decoder.beam_search(inputs_embeds=embeds, max_new_tokens=max_new_tokens,
+                                                       num_beams=num_beams, eos_token_id=eos):
+                ids = ids[:-1] if ids and ids[-1] in eos else ids
+                hyps.append((ids, score, self.ctc_log_prob(log_probs[b, :int(frame_mask[b].sum())], ids)
+                             if ctc else 0.0))
+            result.append(hyps)
+        return result
+
+    def ctc_log_prob(self, log_probs, ids) -> float:
+        """log p_CTC(transcript | audio): log_probs (F, 32) of one utterance, ids a decoded transcript."""
+        target = torch.tensor(ctc_targets(normalize_text(self.tokenizer.decode(ids))), dtype=torch.long)
+        nll = F.ctc_loss(log_probs[:, None], target[None], [len(log_probs)], [len(target)], blank=0,
+                         reduction="sum")
+        return -nll.item()
+
+    def transcribe(self, audio, max_new_tokens: int = 128, batch_size: int = 8, num_beams: int = 1,
+                   ctc_weight: float = 0.0) -> list[str]:
+        """Paths or 1-D 16 kHz waveforms -> transcripts (greedy with a KV cache; num_beams, ctc_weight: see
+        generate_ids)."""
         from nanoaudio.audio import batch_audio, load_audio
 
         waves = [load_audio(a) if isinstance(a, (str, Path)) else torch.as_tensor(a, dtype=torch.float32)
@@ -226,7 +279,8 @@ class ASRModel(nn.Module):
         texts = []
         for i in range(0, len(waves), batch_size):
             wave, mask = batch_audio(waves[i:i + batch_size])
-            for ids in self.generate_ids(wave.to(device), mask.to(device), max_new_tokens):
+            for ids in self.generate_ids(wave.to(device), mask.to(device), max_new_tokens, num_beams=num_beams,
+                                         ctc_weight=ctc_weight):
                 texts.append(self.tokenizer.decode(ids).strip())
         return texts
 

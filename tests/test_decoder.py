@@ -208,6 +208,37 @@ def test_greedy_generation_matches_transformers(saved, name):
     assert got.tolist() == want.tolist() and got.shape[1] == 8
 
 
+@pytest.mark.parametrize("name", ["qwen3-gqa2-headdim24-untied", "smollm3-gqa4-nope-tied-by-default",
+                                  "llama-llama3-rope-bias-sharded"])
+def test_beam_search_matches_transformers(saved, name):
+    hf, folder = saved[name]
+    ours = load_decoder(folder)
+    prompt = torch.randint(8, V, (1, 6), generator=torch.Generator().manual_seed(6))
+
+    def both(eos, beams=4, n=10):
+        want = hf.generate(prompt, do_sample=False, num_beams=beams, num_return_sequences=beams, max_new_tokens=n,
+                           early_stopping="never", length_penalty=0.0, eos_token_id=eos, pad_token_id=0,
+                           return_dict_in_generate=True, output_scores=True)
+        got = ours.beam_search(prompt, max_new_tokens=n, num_beams=beams, eos_token_id=eos)
+        hyps = []
+        for seq, score in zip(want.sequences[:, prompt.shape[1]:].tolist(), want.sequences_scores.tolist()):
+            ends = [i for i, t in enumerate(seq) if t in eos]
+            hyps.append((seq[:ends[0] + 1] if ends else seq, score))
+        assert [ids for ids, _ in got] == [ids for ids, _ in hyps]
+        assert [s for _, s in got] == pytest.approx([s for _, s in hyps], abs=1e-4)
+        return got
+
+    beams = both([3, 7])
+    # make two tokens of the first beams eos ids: hypotheses now end early, at different lengths
+    eos = [beams[0][0][3], beams[1][0][1]]
+    beams = both(eos)
+    assert min(len(ids) for ids, _ in beams) < 10 and beams[0][0][-1] in eos
+    # one beam is greedy search
+    greedy = ours.generate(prompt, max_new_tokens=10, eos_token_id=eos)[0, prompt.shape[1]:].tolist()
+    (ids, _), = ours.beam_search(prompt, max_new_tokens=10, num_beams=1, eos_token_id=eos)
+    assert ids == greedy[:len(ids)] and (len(ids) == 10 or ids[-1] in eos)
+
+
 def test_generate_from_embeddings_and_streaming(saved):
     _, folder = saved["qwen3-gqa1-tied-sharded"]
     ours = load_decoder(folder)

@@ -6,13 +6,16 @@ Two models, both built the way train.py builds them:
   - "scratch": the tiny preset (nanoaudio/tiny.py), every part trained, stored whole in model.safetensors.
 """
 
+import math
+
 import pytest
 import torch
 
 import train
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import batch_audio
-from nanoaudio.model import IGNORE, ASRModel, build_prompt
+from nanoaudio.model import IGNORE, ASRModel, build_prompt, ctc_targets
+from nanoaudio.text import normalize_text
 from nanoaudio.tiny import tiny_vocab, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -103,6 +106,49 @@ def test_batched_generation_equals_one_at_a_time(lora_model):
     batched = lora_model.generate_ids(*batch_audio(w), max_new_tokens=6)
     single = [lora_model.generate_ids(*batch_audio([x]), max_new_tokens=6)[0] for x in w]
     assert batched == single
+
+
+def ctc_log_likelihood(log_probs, target, blank=0):
+    """log p(target | frames): the CTC forward recursion over the blank-extended labels, in Python floats
+    (Graves et al. 2006, eq. 6-7): the reference for ASRModel.ctc_log_prob, which uses torch's ctc_loss."""
+    def logsumexp(xs):
+        top = max(xs)
+        return top if top == -math.inf else top + math.log(sum(math.exp(x - top) for x in xs))
+
+    ext = [blank]
+    for t in target:
+        ext += [t, blank]
+    lp = log_probs.double().tolist()
+    alpha = [lp[0][blank], lp[0][ext[1]] if len(ext) > 1 else -math.inf] + [-math.inf] * (len(ext) - 2)
+    for f in range(1, len(lp)):
+        alpha = [logsumexp([alpha[s]] + alpha[max(s - 1, 0):s]
+                           + ([alpha[s - 2]] if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2] else []))
+                 + lp[f][ext[s]] for s in range(len(ext))]
+    return logsumexp(alpha[-2:])
+
+
+def test_beams_are_rescored_with_the_ctc_head(lora_model):
+    model, w = lora_model, waves([1.2, 0.7], seed=3)
+    wave, mask = batch_audio(w)
+    nbest = model.nbest(wave, mask, num_beams=4, max_new_tokens=5)
+    frames, frame_mask = model.encode_frames(wave, mask)
+    log_probs = model.encoder.ctc_logits(frames).float().log_softmax(-1)  # (B, F, 32)
+    for b, hyps in enumerate(nbest):
+        assert len(hyps) == 4 and [h[1] for h in hyps] == sorted((h[1] for h in hyps), reverse=True)
+        alone = model.nbest(w[b][None], None, num_beams=4, max_new_tokens=5)[0]  # no padding: the same search
+        assert [h[0] for h in alone] == [h[0] for h in hyps]
+        assert [h[1] for h in alone] == pytest.approx([h[1] for h in hyps], rel=1e-3)  # (padding: float noise)
+        for ids, _, ctc in hyps:
+            target = ctc_targets(normalize_text(model.tokenizer.decode(ids)))
+            want = ctc_log_likelihood(log_probs[b, :int(frame_mask[b].sum())], target)
+            assert ctc == pytest.approx(want, rel=1e-5)
+    # ctc_weight 0: the decoder's best beam; 1: the beam the CTC head finds likeliest
+    assert model.generate_ids(wave, mask, 5, num_beams=4, ctc_weight=0.0) == [hyps[0][0] for hyps in nbest]
+    best_ctc = [max(hyps, key=lambda h: h[2])[0] for hyps in nbest]
+    assert model.generate_ids(wave, mask, 5, num_beams=4, ctc_weight=1.0) == best_ctc
+    assert best_ctc != [hyps[0][0] for hyps in nbest]  # (so the weight did change the choice)
+    with pytest.raises(NanoaudioError, match="greedily"):
+        model.generate_ids(wave, mask, 5, on_token=lambda *a: None, num_beams=2)
 
 
 def test_a_gradient_step_changes_only_projector_and_lora(checkpoints):

@@ -8,6 +8,7 @@ in-process (batching, stdin, streaming, long files), and the model itself agains
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from nanoaudio import synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_DIGIT_WER = 0.15  # measured on 100 held-out strings: 0.65 % (README); the margin is for 12 utterances
+MAX_SENTENCE_WER = 0.20  # with --beams 8, measured on 200 held-out sentences: 12.1 % (README); 24 here
 UTTERANCES = {  # name -> (text, voice, rate, pitch)
     "a": ("three one four one five", "en-us", 160, 50),
     "b": ("seven two nine", "en+m3", 170, 45),
@@ -80,6 +82,25 @@ def test_the_bundled_model_knows_digit_strings(tmp_path):
     hyps = dict(line.split("\t") for line in out.strip().splitlines())
     refs = [r["text"] for r in rows]
     assert wer(refs, [hyps.get(str(manifest.parent / r["audio"]), "") for r in rows]) <= MAX_DIGIT_WER
+
+
+def test_eval_reports_the_wer_and_beams_rescored_with_ctc_know_held_out_sentences(tmp_path, bundled):
+    # held-out draws (seed 98), noisy like the README's held-out sets
+    import jiwer
+
+    manifest = synth.make_dataset(tmp_path / "sentences", 24, kind="sentences", seed=98)
+    rows = [json.loads(line) for line in open(manifest)]
+
+    def wer_of(*flags):
+        code, out, err = run("--eval", manifest, *flags)
+        assert code == 0, err
+        return float(re.search(r"WER ([0-9.]+)% on 24 utterances", out).group(1)) / 100
+
+    greedy = wer_of()
+    hyps = bundled.transcribe([manifest.parent / r["audio"] for r in rows])
+    assert greedy == pytest.approx(jiwer.wer([r["text"] for r in rows], hyps), abs=5e-5)  # printed to 0.01 %
+    beams = wer_of("--beams", "8")
+    assert beams <= MAX_SENTENCE_WER and beams < greedy
 
 
 def test_folder_batched_equals_one_at_a_time(clips):
