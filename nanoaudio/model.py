@@ -251,12 +251,12 @@ class ASRModel(nn.Module):
             n = int(token_mask[b].sum())
             prompt = build_prompt(self.tokenizer, self.family, n, None, self.config.instruction)
             embeds, _, _ = self._splice([prompt], tokens[b:b + 1, :n], token_mask[b:b + 1, :n], left_pad=True)
+            frames_b = log_probs[b, :int(frame_mask[b].sum())] if ctc else None  # (F_b, 32)
             hyps = []
             for ids, score in self.decoder.beam_search(inputs_embeds=embeds, max_new_tokens=max_new_tokens,
                                                        num_beams=num_beams, eos_token_id=eos):
                 ids = ids[:-1] if ids and ids[-1] in eos else ids
-                hyps.append((ids, score, self.ctc_log_prob(log_probs[b, :int(frame_mask[b].sum())], ids)
-                             if ctc else 0.0))
+                hyps.append((ids, score, self.ctc_log_prob(frames_b, ids) if ctc else 0.0))
             result.append(hyps)
         return result
 
