@@ -287,8 +287,8 @@ def main(argv=None):
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED
     if args.checkpoint is None:
         print("nanoaudio: using the bundled tiny model (trained on synthetic espeak-ng speech: it transcribes digit "
-              "strings, sentences from its 257-word vocabulary poorly, general speech not at all). Pass --checkpoint "
-              "DIR for a model trained with train.py.", file=sys.stderr)
+              "strings, sentences from its 257-word vocabulary with some errors, general speech not at all). Pass "
+              "--checkpoint DIR for a model trained with train.py.", file=sys.stderr)
     model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
     window_s = args.window or model.config.window_seconds
     if args.eval:

@@ -3,6 +3,8 @@ Train a nanoaudio speech recognizer: HuBERT (frozen) -> AudioProjector -> LoRA-t
 
 CPU, no downloads: the tiny preset synthesizes speech with espeak-ng and trains every part from scratch
     python train.py --preset tiny --minutes 10
+The bundled model (about 58 minutes on 2 cores, then `python -m nanoaudio.tiny export out/tiny/last`):
+    python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3
 
 One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder and decoder frozen):
     python train.py --decoder smollm3-3b --data /data/LibriSpeech/train-clean-100 \\
@@ -78,7 +80,7 @@ PRESETS = {
     # Everything from scratch on CPU in minutes: a small HuBERT-style encoder with a CTC head, the
     # AudioProjector and a small Qwen3-style decoder, on synthetic speech (see nanoaudio/tiny.py).
     # Small batches, many steps: on 2 cores a step of 8 utterances takes ~0.2 s with the encoder alone or frozen,
-    # ~0.3 s once it rejoins (12,265 steps in a 52-minute run on a 2-core AMD EPYC, fp32; ~0.13 s on a 2-core
+    # ~0.3 s once it rejoins (12,072 steps in the bundled model's 52 minutes, 2-core AMD EPYC, fp32; ~0.13 s on a 2-core
     # Xeon with AMX in bf16, --precision auto, measured with the earlier 7x32 conv front end), and this model
     # learns more per second from more, noisier steps than from fewer, larger ones.
     "tiny": dict(decoder="tiny", encoder="tiny", out="out/tiny", steps=100_000, batch_size=8, lr=3e-3,
@@ -133,14 +135,14 @@ def parse_args(argv=None):
         "ctc_weight": "weight of the CTC loss on the encoder frames (needs a CTC head; the tiny preset uses 0.5)",
         "encoder_first": "share of the run (of --steps, or of --minutes) that trains the encoder alone on its CTC "
                          "loss; the rest trains projector + decoder on it, frozen. Each stage has its own warmup "
-                         "and cosine (0: one stage, everything together)",
+                         "and cosine (0: one stage, everything together; the bundled model: 0.3)",
         "encoder_rejoin": "with --encoder-first: from this step of stage 2 on, the encoder trains again, together "
                           "with projector and decoder (-1: frozen to the end; the tiny preset: 700, when the "
                           "decoder's curriculum ends)",
         "rejoin_lr_scale": "the rejoined encoder's learning rate, as a share of stage 2's (the bundled model: 0.3; "
                            "at the full rate it first loses much of what stage 1 taught it)",
         "synth_sentences": "the tiny preset's synthetic training utterances: the share of sentences, the rest digit "
-                           "strings (the bundled model: 0.75)",
+                           "strings (the bundled model: 0.9)",
     }
     for name, default in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")

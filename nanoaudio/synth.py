@@ -223,11 +223,16 @@ def main(argv=None):
     p.add_argument("--pauses", type=float, default=0.0,
                    help="--dataset share of utterances spoken as phrases with silences between them")
     p.add_argument("--sentences", type=float, default=0.5, help="--dataset --kind mixed: share of random sentences")
+    p.add_argument("--exclude", help="--dataset: a manifest (e.g. the training set's) whose texts must not occur, "
+                                     "for a held-out set")
     args = p.parse_args(argv)
     if args.list_voices:
         print("\n".join(voices()))
     elif args.dataset:
-        print(make_dataset(args.dataset, args.n, args.kind, args.seed, pauses=args.pauses, sentences=args.sentences))
+        if args.exclude and not Path(args.exclude).is_file():
+            raise NanoaudioError(f"--exclude: no manifest at {args.exclude}")
+        print(make_dataset(args.dataset, args.n, args.kind, args.seed, args.exclude, pauses=args.pauses,
+                           sentences=args.sentences))
     elif args.text:
         import soundfile as sf
 

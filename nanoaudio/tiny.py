@@ -30,7 +30,7 @@ changing under it that took 2500-5000 steps. Measured on 2 cores (AMD EPYC, the 
     the preset's mix, two stages, stage 2 starting on 700 steps of digits       14.6%
 A decoder learns to read a fixed encoder within a few hundred steps, but only when its first task is easy.
 Once it reads it, the encoder can move under it again: sentences are limited by the encoder (its CTC head alone
-misread 24% of their characters), and continuing the previous bundled model for 7 minutes took held-out
+misread 24% of their characters), and continuing an earlier 52-minute model for 7 minutes took held-out
 sentence WER from 43.4% to 38.6% with the encoder frozen (1826 steps), to 35.5% with it training (1196 steps,
 each ~1.5x dearer). The split moved to 0.4 because sentence WER was still falling fast when a 52-minute run at
 0.5 ended (0.4 and 0.5 not compared on equal terms). Pauses: a quarter of the training utterances are spoken as
@@ -52,16 +52,18 @@ the seed-1 data, so both arms under identical conditions:
     mel filterbank, kernel 80         901 steps   training CTC loss, steps 600-700, 1.23   character error rate 52.7%
     mel filterbank, kernel 160        776 steps   training CTC loss, steps 600-700, 1.13   character error rate 53.4%
 
-The bundled model adds two flags for its longer run (train.py --synth-sentences 0.75 --rejoin-lr-scale 0.3):
-three quarters of the training utterances are sentences rather than half (digit strings are learned early:
-0.15% held-out WER at the end of a 52-minute run on the even mix, sentences 32.3%, still falling), and the
-rejoined encoder trains at 0.3 times the others' learning rate. Why the lower rate: stage 2's schedule starts
-again at its peak, ten times the rate stage 1 ended on, and at that rate the encoder's training CTC loss went
-from 0.31 to 0.55 within 300 steps of rejoining and took the rest of the 52-minute run to come back to 0.32; at
-0.3 times, 0.32 -> 0.38, ending at 0.31. Together (one 52-minute run each, the same 100 held-out sentences):
-sentence WER 32.3% -> 22.7%. Not the preset's default, because the 10-minute run needs its digits: with both,
-it reached 10.2% digit WER (the preset as it is: 4.31% and 7.46%, two seeds), its encoder having heard half as
-many digit strings when the decoder started (CTC loss on them after the easy steps 0.32 against 0.14).
+The bundled model adds three flags for its longer run (train.py --synth-sentences 0.9 --rejoin-lr-scale 0.3
+--encoder-first 0.3). Digit strings, ten words, are learned early (0.15% held-out WER at the end of a 52-minute
+run on the even mix, sentences 32.3% and still falling), so 90% of its training utterances are sentences. The
+rejoined encoder trains at 0.3 times the others' learning rate: stage 2's schedule starts again at its peak, ten
+times the rate stage 1 ended on, and at that rate the encoder's training CTC loss went from 0.31 to 0.55 within
+300 steps of rejoining and took the rest of the run to come back to 0.32 (at 0.3 times: 0.32 -> 0.38, ending
+at 0.31). And the decoder gets 70% of the run, not 60%: with the first two flags its loss was still falling
+steeply when the run ended. Each change was one 52-minute run, measured on the same held-out sentences (100,
+greedy): 32.3% -> 22.7% (the first two together) -> 18.6% (0.9 instead of 0.75) -> 16.2% (0.3). Not the
+preset's defaults, because the 10-minute run needs its digits: with the first two it reached 10.2% digit WER
+(the preset as it is: 4.31% and 7.46%, two seeds), its encoder having heard half as many digit strings when the
+decoder started (CTC loss on them after the easy steps 0.32 against 0.14).
 """
 
 import os
@@ -189,8 +191,8 @@ def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, se
     """Synthesize (once) the preset's training set and two held-out sets -> (train, easy, evals) data specs.
 
     36,000 training utterances, a share `sentences` of them random sentences and the rest digit strings (half:
-    21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; three quarters, the bundled model's: 22.4
-    hours, 6.4 minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
+    21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; 0.9, the bundled model's: 23.0 hours, 5.0
+    minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
     transcripts. `easy` is a manifest of its digit strings alone: the decoder's first steps (the curriculum,
     train.py --easy-steps).
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's

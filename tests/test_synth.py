@@ -114,3 +114,18 @@ def test_cli_writes_a_wav(tmp_path):
     assert sf.info(str(out)).samplerate == SAMPLE_RATE and sf.info(str(out)).frames > 8000
     r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "x", "--voice", "zz"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_cli_dataset_leaves_out_the_excluded_manifests_texts(tmp_path):
+    def dataset(name, *flags):
+        r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "--dataset", str(tmp_path / name), "-n", "5",
+                            "--kind", "digits", "--seed", "3", *flags], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line)["text"] for line in open(tmp_path / name / "manifest.jsonl")]
+
+    train = dataset("train")
+    held_out = dataset("held-out", "--exclude", str(tmp_path / "train" / "manifest.jsonl"))
+    assert dataset("again") == train and not set(held_out) & set(train)  # same seed: only --exclude differs
+    r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "--dataset", str(tmp_path / "bad"),
+                        "--exclude", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 1 and "missing.jsonl" in r.stderr and "Traceback" not in r.stderr
