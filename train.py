@@ -3,7 +3,7 @@ Train a nanoaudio speech recognizer: HuBERT (frozen) -> AudioProjector -> LoRA-t
 
 CPU, no downloads: the tiny preset synthesizes speech with espeak-ng and trains every part from scratch
     python train.py --preset tiny --minutes 10
-The bundled model (about 58 minutes on 2 cores, then `python -m nanoaudio.tiny export out/tiny/last`):
+The bundled model (57 minutes on 2 cores, then `python -m nanoaudio.tiny export out/tiny/last`):
     python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3
 
 One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder and decoder frozen):
