@@ -15,6 +15,7 @@ quietest moment near it, and the transcripts stitched where they agree, so no wo
 
 import argparse
 import io
+import itertools
 import json
 import sys
 import time
@@ -264,7 +265,7 @@ def evaluate(model, args, window_s):
     from nanoaudio.text import normalize_text, wer
 
     dataset = open_dataset(args.eval)
-    examples = [ex for i, ex in zip(range(args.eval_samples or len(dataset)), dataset)]
+    examples = list(itertools.islice(dataset, args.eval_samples or None))
     t0 = time.time()
     hyps = transcribe_batch(model, [ex.audio for ex in examples], args, window_s, batch_size=max(args.batch_size, 8))
     refs, hyps = [normalize_text(ex.text) for ex in examples], [normalize_text(h) for h in hyps]

@@ -176,6 +176,8 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     for name, share in (("noise", noise), ("pauses", pauses), ("sentences", sentences)):
         if not 0 <= share <= 1:
             raise NanoaudioError(f"{name} is a share of the utterances, in [0, 1]: got {share}")
+    if isinstance(exclude, (str, Path)) and not Path(exclude).is_file():
+        raise NanoaudioError(f"exclude: no manifest at {exclude}")
     folder = Path(folder)
     manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
                                                      "pauses": pauses}
@@ -229,8 +231,6 @@ def main(argv=None):
     if args.list_voices:
         print("\n".join(voices()))
     elif args.dataset:
-        if args.exclude and not Path(args.exclude).is_file():
-            raise NanoaudioError(f"--exclude: no manifest at {args.exclude}")
         print(make_dataset(args.dataset, args.n, args.kind, args.seed, args.exclude, pauses=args.pauses,
                            sentences=args.sentences))
     elif args.text:
