@@ -243,7 +243,7 @@ def test_ten_minute_file_runs_in_bounded_memory(tmp_path):
     sf.write(tmp_path / "long.wav", wave.numpy(), SAMPLE_RATE)
     sf.write(tmp_path / "minute.wav", wave[:60 * SAMPLE_RATE].numpy(), SAMPLE_RATE)
     # greedy: what is checked is the windowing, and greedy is 3x faster; the default 8 beams hold nothing across
-    # batches either (measured: 519-530 MB peak for the minute, 679-692 MB for 10 minutes, 663 MB for 20)
+    # batches either (measured: 519-530 MB peak for the minute, 617-692 MB for 10 minutes, 663 MB for 20)
     _, minute_mb = peak_rss_mb(tmp_path / "minute.wav", "--batch-size", "8", "--beams", "1")
     out, long_mb = peak_rss_mb(tmp_path / "long.wav", "--batch-size", "8", "--beams", "1")
     # measured over 4 runs: 511-525 MB peak for the minute, 562-612 MB for 10 minutes (38 MB of samples; windows
