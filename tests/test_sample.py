@@ -59,8 +59,8 @@ def bundled():
 def test_the_cli_prints_what_the_bundled_model_transcribes(clips, bundled):
     code, out, err = run(clips / "a.wav")
     assert code == 0, err
-    # the default decoding: sample.BEAMS beams, ranked with the CTC head at --ctc-weight's default
-    assert out.strip() == bundled.transcribe([clips / "a.wav"], num_beams=sample.BEAMS, ctc_weight=0.5)[0]
+    # the default decoding: sample.BEAMS beams, ranked with the CTC head at weight sample.CTC_WEIGHT
+    assert out.strip() == bundled.transcribe([clips / "a.wav"], num_beams=sample.BEAMS, ctc_weight=sample.CTC_WEIGHT)[0]
     assert "bundled tiny model" in err  # the one-line notice of what it can and cannot do
     assert len(err.strip().splitlines()) == 1
 
@@ -101,7 +101,7 @@ def test_eval_reports_the_wer_and_the_default_beams_know_held_out_sentences(tmp_
     greedy = wer_of("--beams", "1")
     assert greedy == pytest.approx(jiwer.wer(refs, bundled.transcribe(audio)), abs=5e-5)  # printed to 0.01 %
     beams = wer_of()  # the default: 8 beams rescored with the encoder's CTC head
-    hyps = bundled.transcribe(audio, num_beams=sample.BEAMS, ctc_weight=0.5)
+    hyps = bundled.transcribe(audio, num_beams=sample.BEAMS, ctc_weight=sample.CTC_WEIGHT)
     assert beams == pytest.approx(jiwer.wer(refs, hyps), abs=5e-5)
     assert beams <= MAX_SENTENCE_WER and beams < greedy
 
@@ -216,7 +216,7 @@ def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
     assert code == 0, err
     # the CLI's transcript is the stitch of each window's own transcript (the seam logic: test_stitch_*)
     assert out.strip() == sample.stitch(bundled.transcribe(pieces, batch_size=1, num_beams=sample.BEAMS,
-                                                           ctc_weight=0.5))
+                                                           ctc_weight=sample.CTC_WEIGHT))
     # ... and it is the speech: no run of words lost or repeated at a seam (measured: WER 0; the model before
     # synth's pauses were in its training data, 0.125-0.17: words heard in a pause, or lost after one)
     assert wer([" ".join(texts)], [out.strip()]) <= 0.15

@@ -57,7 +57,7 @@ def test_real_time_factor():
                 text = sample.transcribe_batch(model, [wave], args, model.config.window_seconds)[0]
                 times.append(time.perf_counter() - t0)
             t = statistics.median(times)
-            how = "greedy" if args.beams == 1 else f"{args.beams} beams (default)"
+            how = sample.decoding(args) + ("" if flags else " (default)")
             rows.append((how, seconds, t, t / seconds, len(text.split())))
     print(f"\nbundled tiny model, CPU, {THREADS} thread(s), batch 8 chunks of {model.config.window_seconds:g} s")
     print("| decoding | audio | compute | RTF | words |\n|---|---|---|---|---|")
