@@ -1,7 +1,7 @@
 """Compile every kernel for a GPU architecture without a GPU, and report registers, spills and shared memory.
 
-    python -m kernels.compile_check                      # sm_90 and sm_80, head dims 64 and 128, every tuning config
-    python -m kernels.compile_check --arch 90 --quick    # one config per kernel (what tests/test_kernels.py runs)
+    python -m nanoaudio.kernels.compile_check                      # sm_90 and sm_80, head dims 64 and 128, every tuning config
+    python -m nanoaudio.kernels.compile_check --arch 90 --quick    # one config per kernel (what tests/test_kernels.py runs)
 
 The CPU interpreter (TRITON_INTERPRET=1) proves the kernels' arithmetic but never runs the GPU compiler: layout,
 tensor-core (mma/wgmma) lowering, shared-memory and register limits. Triton's wheel ships ptxas, so the whole
@@ -25,8 +25,8 @@ from triton.compiler import ASTSource
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("error: unset TRITON_INTERPRET: the interpreter replaces the kernels the compiler needs")
 
-from kernels import flash_attention as fa  # noqa: E402
-from kernels import rmsnorm as rn  # noqa: E402
+from nanoaudio.kernels import flash_attention as fa  # noqa: E402
+from nanoaudio.kernels import rmsnorm as rn  # noqa: E402
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 FLOATS = {"qk_scale", "sm_scale", "eps"}

@@ -404,7 +404,7 @@ def _configs(shapes):
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, largest head dim). The forward wants a tall query tile (K/V stream past
 # it), the dK/dV kernel a tall key tile (queries stream past; dK and dV accumulate in registers), the dQ kernel a
 # tall query tile again. The lists keep the tiles that compile for sm_80 and sm_90 (D = 64 and 128, GQA, masks)
-# with no or only a few bytes of register spills (`python -m kernels.compile_check` reports them without a GPU).
+# with no or only a few bytes of register spills (`python -m nanoaudio.kernels.compile_check` reports them without a GPU).
 _FWD_CONFIGS = _configs([(128, 64, 8, 3, 128), (128, 128, 8, 3, 128), (128, 128, 8, 2, 128), (128, 32, 8, 3, 128),
                          (128, 64, 4, 3, 64), (64, 64, 4, 3, 128), (64, 32, 4, 3, 128),
                          (16, 64, 4, 3, 128), (16, 128, 4, 3, 128)])

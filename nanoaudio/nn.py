@@ -61,8 +61,8 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """RMSNorm(x); with a residual (pre-norm decoder blocks) returns (RMSNorm(x + residual), x + residual)."""
     if use_kernels(x):
-        from kernels.rmsnorm import MAX_N
-        from kernels.rmsnorm import rms_norm as rms_norm_triton
+        from nanoaudio.kernels.rmsnorm import MAX_N
+        from nanoaudio.kernels.rmsnorm import rms_norm as rms_norm_triton
 
         if x.shape[-1] <= MAX_N:  # the kernel keeps a whole row in registers; longer rows fall through
             return rms_norm_triton(x, weight, eps, residual)
@@ -146,7 +146,7 @@ def attention(q, k, v, causal=True, softmax_scale=None, kv_lens=None, mask=None)
     key mask (left padding in batched generation) takes the PyTorch path.
     """
     if mask is None and use_kernels(q):
-        from kernels.flash_attention import flash_attention, supports
+        from nanoaudio.kernels.flash_attention import flash_attention, supports
 
         if supports(q, k, v):  # head dims up to 128, fp16/bf16/fp32; anything else falls through to PyTorch
             return flash_attention(q, k, v, causal=causal, softmax_scale=softmax_scale, kv_lens=kv_lens)

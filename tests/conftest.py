@@ -1,6 +1,6 @@
 """Shared test setup. Runs before any test module is imported, which matters for one thing: Triton reads
 TRITON_INTERPRET when a @triton.jit decorator runs, so on a machine without a GPU it must be set before the
-first `import kernels` anywhere in the session (the kernel tests then run on CPU in the interpreter)."""
+first `import nanoaudio.kernels` anywhere in the session (the kernel tests then run on CPU in the interpreter)."""
 
 import os
 

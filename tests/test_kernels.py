@@ -25,8 +25,8 @@ pytest.importorskip("triton")
 if not CUDA and os.environ["TRITON_INTERPRET"] != "1":
     pytest.skip("no CUDA GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
-import kernels.flash_attention as fa  # noqa: E402
-import kernels.rmsnorm as rn  # noqa: E402
+import nanoaudio.kernels.flash_attention as fa  # noqa: E402
+import nanoaudio.kernels.rmsnorm as rn  # noqa: E402
 from nanoaudio import nn  # noqa: E402
 
 
@@ -315,7 +315,7 @@ def test_cpu_bf16_autocast_attention_runs_in_fp32(monkeypatch):
 
 
 def test_importing_nanoaudio_does_not_import_triton():
-    code = "import sys, nanoaudio, nanoaudio.nn, kernels; assert 'triton' not in sys.modules, 'triton imported'"
+    code = "import sys, nanoaudio, nanoaudio.nn, nanoaudio.kernels; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NANOAUDIO_KERNELS": "auto"})
 
 
@@ -323,7 +323,7 @@ def test_kernels_compile_for_hopper():
     # the GPU compiler (tensor-core lowering, register and shared-memory limits) never runs under the interpreter:
     # compile one config of every kernel for sm_90 with the ptxas bundled in Triton's wheel (no GPU needed)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--head-dim", "128", "--quick"]
+    cmd = [sys.executable, "-m", "nanoaudio.kernels.compile_check", "--arch", "90", "--head-dim", "128", "--quick"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr

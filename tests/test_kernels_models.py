@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/test_kernels_models.py
 
-NANOAUDIO_KERNELS=1 routes every RMSNorm and attention of nanoaudio.nn to kernels/ (through the Triton
+NANOAUDIO_KERNELS=1 routes every RMSNorm and attention of nanoaudio.nn to nanoaudio.kernels (through the Triton
 interpreter on CPU: TRITON_INTERPRET=1 is set below before the kernels are imported), NANOAUDIO_KERNELS=0
 to PyTorch. Tiny random fp32 models (decoder, projector, HuBERT encoder); spies check that the kernels ran.
 """
@@ -21,8 +21,8 @@ pytest.importorskip("triton")
 if not CUDA and os.environ["TRITON_INTERPRET"] != "1":
     pytest.skip("no CUDA GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
-import kernels.flash_attention as fa  # noqa: E402
-import kernels.rmsnorm as rn  # noqa: E402
+import nanoaudio.kernels.flash_attention as fa  # noqa: E402
+import nanoaudio.kernels.rmsnorm as rn  # noqa: E402
 from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig  # noqa: E402
 from nanoaudio.decoder import Decoder, KVCache  # noqa: E402
 from nanoaudio.encoder import HubertEncoder  # noqa: E402

@@ -27,8 +27,8 @@ if torch.cuda.get_device_capability() < (8, 0):
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-import kernels.flash_attention as fa  # noqa: E402
-import kernels.rmsnorm as rn  # noqa: E402
+import nanoaudio.kernels.flash_attention as fa  # noqa: E402
+import nanoaudio.kernels.rmsnorm as rn  # noqa: E402
 from nanoaudio import nn  # noqa: E402
 
 # Datasheet peaks: (HBM GB/s, dense bf16 tensor-core TFLOP/s), matched against torch.cuda.get_device_name()
