@@ -13,17 +13,8 @@ class NanoaudioError(Exception):
     """
 
 
-def run_cli(main) -> None:
-    """Run a command-line entry point: a NanoaudioError becomes one `error: ...` line on stderr and exit status 1;
-    otherwise exit with main()'s return value (None -> 0)."""
-    import sys
-
-    try:
-        code = main()
-    except NanoaudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
+# run_cli lives with the argparse types the commands share; cli.py needs only NanoaudioError, defined above
+from nanoaudio.cli import run_cli  # noqa: E402
 
 
 # The public API is imported lazily so that `import nanoaudio` stays cheap and never touches a GPU.
