@@ -7,14 +7,19 @@
   The safetensors format is simple enough to read by hand: 8 bytes of little-endian header length, a JSON
   header {name: {dtype, shape, data_offsets}}, then the raw bytes. Each tensor is read straight into its own
   buffer and cast to the target dtype one tensor at a time, so loading never holds an fp32 copy of the model.
-  Nothing is ever unpickled.
+  The header is checked before any byte is trusted (dtypes, shapes, offsets: `_read_header`).
+- `convert_bin_to_safetensors(folder)`: the one place a pickle is read, for older hub repos that ship only
+  `pytorch_model.bin`, once. It runs torch.load(weights_only=True), a restricted unpickler that builds tensors
+  and plain containers and refuses any other object, so a malicious file is a one-line error, not code run.
 - `load_state(model, tensors, source)`: strict loading: every tensor used, every parameter filled, every
   shape checked; errors name the file, the key and the shapes.
 """
 
 import json
+import math
 import os
 import struct
+import sys
 from pathlib import Path
 
 import torch
@@ -45,6 +50,7 @@ _DTYPES = {
 }
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("fp32", "bf16", "fp16")  # the names both CLIs take (sample.py --dtype, train.py --precision)
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
@@ -73,16 +79,87 @@ def resolve(name_or_path, short_names: dict, patterns: list[str]) -> Path:
     if not looks_like_id:
         known = ", ".join(short_names)
         raise NanoaudioError(f"{name}: no such folder, and not a known name ({known}) or a hub id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
+    return hub_download(repo, patterns, name=name)
 
-        return Path(snapshot_download(repo, allow_patterns=patterns))
+
+def hub_download(repo: str, patterns: list[str], repo_type: str = "model", name: str | None = None) -> Path:
+    """A local snapshot of hub repo `repo`'s files matching `patterns` (fnmatch): the cache's, else downloaded.
+
+    No call waits forever. huggingface_hub's snapshot_download asks for the repo's file list with no timeout, so
+    a hub that accepts the connection and never answers hangs it for good; here the list comes from repo_info
+    with a timeout of HF_HUB_ETAG_TIMEOUT seconds (huggingface_hub's setting, default 10), and each file from
+    hf_hub_download (the same timeout for its metadata, HF_HUB_DOWNLOAD_TIMEOUT between chunks of its bytes).
+    With HF_HUB_OFFLINE=1, or when the hub cannot be reached, the cache is used if it holds the files.
+    """
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+
+    name = name or repo
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
+
+    def cached():
+        return Path(snapshot_download(repo, repo_type=repo_type, allow_patterns=patterns, local_files_only=True))
+
+    try:
+        if constants.HF_HUB_OFFLINE:
+            return cached()
+        try:
+            info = HfApi().repo_info(repo, repo_type=repo_type, timeout=timeout)
+        except Exception as e:
+            if not _unreachable(e):
+                raise
+            try:
+                return cached()  # what an earlier run downloaded
+            except Exception:
+                raise e from None
+        files = [f.rfilename for f in info.siblings or [] if any(fnmatch(f.rfilename, p) for p in patterns)]
+        if not files:
+            raise NanoaudioError(f"{name}: {repo} has no file matching {', '.join(patterns)}")
+        for f in files:
+            path = hf_hub_download(repo, f, repo_type=repo_type, revision=info.sha, etag_timeout=timeout)
+        return Path(path).parents[len(Path(f).parts) - 1]  # .../snapshots/<sha>/<f> -> .../snapshots/<sha>
+    except NanoaudioError:
+        raise
     except Exception as e:  # offline, gated repo, typo in the id...
+        if _unreachable(e) and "Timeout" in _chain_names(e):
+            raise NanoaudioError(
+                f"{name}: the hub ({constants.ENDPOINT}) did not answer {repo} within {timeout:g} s; set "
+                f"HF_HUB_OFFLINE=1 to use the local cache, or download {', '.join(patterns)} from "
+                f"https://huggingface.co/{repo} into a folder and pass that folder") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NanoaudioError(
             f"{name}: could not download {repo} ({reason[:160]}); download {', '.join(patterns)} from "
-            f"https://huggingface.co/{repo} into a folder and pass that folder instead"
+            f"https://huggingface.co/{repo} into a folder and pass that folder instead (or set HF_HUB_OFFLINE=1 "
+            f"if it is in the cache)"
         ) from None
+
+
+def _chain_names(e: BaseException) -> str:
+    """The class names of an exception and of those it wraps (huggingface_hub re-raises network errors)."""
+    names = []
+    while e is not None and len(names) < 8:
+        names += [c.__name__ for c in type(e).__mro__]
+        e = e.__cause__ or e.__context__
+    return " ".join(names)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """A timeout or a connection failure (httpx's, requests', or the builtin ones), not an answer from the hub.
+    Matched by class name: huggingface_hub has used requests, httpx and httpx2 across the versions we accept."""
+    names = _chain_names(e)
+    return any(n in names for n in ("Timeout", "ConnectError", "ConnectionError", "NetworkError"))
+
+
+def require_folder(path, what: str = "checkpoint") -> Path:
+    """Path(path) if it is a folder, else one line that says so: "no such checkpoint folder", not the
+    "config.json: missing" that reading the first file inside it would say."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise NanoaudioError(f"{path}: is a file, not a {what} folder")
+    raise NanoaudioError(f"{path}: no such {what} folder")
 
 
 def read_json(path: Path) -> dict:
@@ -99,8 +176,17 @@ def read_json(path: Path) -> dict:
 # raw safetensors
 
 
+# bytes per element of each safetensors dtype
+_ITEMSIZE = {name: torch.empty(0, dtype=dt).element_size() for name, dt in _DTYPES.items()}
+
+
 def _read_header(path: Path) -> tuple[dict, int]:
-    """-> ({name: {dtype, shape, data_offsets}}, byte offset where tensor data starts). Validates sizes."""
+    """-> ({name: {dtype, shape, data_offsets}}, byte offset where tensor data starts).
+
+    Nothing in the header is trusted: it is a JSON object of objects, each dtype known, each shape a list of
+    non-negative ints whose product times the dtype's size is exactly its byte span, and the spans lie inside
+    the file, back to back, without overlap or gap (the format's own rules, as the safetensors library checks).
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -113,16 +199,55 @@ def _read_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise NanoaudioError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise NanoaudioError(f"{path}: not a safetensors file (the header is a JSON {type(header).__name__}, "
+                             f"not an object)")
     header.pop("__metadata__", None)
     start = 8 + n
-    for key, info in header.items():
-        begin, end = info["data_offsets"]
+    end_of_previous = 0
+    for key, info in sorted(header.items(), key=lambda kv: _begin(kv[1])):
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(info, dict):
+            raise NanoaudioError(f"{where}: its header entry is a JSON {type(info).__name__}, not an object")
+        for field in ("dtype", "shape", "data_offsets"):
+            if field not in info:
+                raise NanoaudioError(f"{where}: no {field!r} in its header entry")
+        if info["dtype"] not in _DTYPES:
+            raise NanoaudioError(f"{where}: unsupported dtype {info['dtype']!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise NanoaudioError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise NanoaudioError(f"{where}: data_offsets {offsets!r} is not [begin, end] in bytes")
+        begin, end = offsets
+        if end < begin:
+            raise NanoaudioError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
+        if begin != end_of_previous:  # the format packs the tensors back to back
+            what = "overlap" if begin < end_of_previous else "leave a gap after"
+            raise NanoaudioError(f"{where}: data_offsets [{begin}, {end}] {what} the previous tensor's bytes "
+                                 f"(which end at {end_of_previous})")
         if start + end > size:
             raise NanoaudioError(f"{path}: truncated safetensors file (tensor {key!r} ends at byte "
                                  f"{start + end}, file has {size})")
-        if info["dtype"] not in _DTYPES:
-            raise NanoaudioError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        want = math.prod(shape) * _ITEMSIZE[info["dtype"]]
+        if want != end - begin:
+            raise NanoaudioError(f"{where}: shape {shape} of {info['dtype']} needs {want} bytes but its "
+                                 f"data_offsets [{begin}, {end}] hold {end - begin}")
+        end_of_previous = end
     return header, start
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0  # JSON true would pass isinstance(x, int)
+
+
+def _begin(info) -> int:
+    """Sort key: where a header entry's bytes begin (entries too broken to say sort first, to be reported)."""
+    try:
+        begin = info["data_offsets"][0]
+        return begin if _is_count(begin) else -1
+    except (TypeError, KeyError, IndexError):
+        return -1
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -196,13 +321,26 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source) -> No
 
 
 def convert_bin_to_safetensors(folder: Path) -> Path:
-    """Convert pytorch_model.bin to model.safetensors beside it, once. weights_only=True: no arbitrary unpickling."""
+    """Convert pytorch_model.bin to model.safetensors beside it, once.
+
+    torch.load(weights_only=True) is a restricted unpickler: it rebuilds tensors and dicts/lists of them and
+    refuses every other global a pickle names (os.system, ...), which is what a malicious .bin would call.
+    """
+    import pickle
+
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    out = folder / "model.safetensors"
-    print(f"nanoaudio: converting {folder / 'pytorch_model.bin'} to {out} (once)")
-    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    src, out = folder / "pytorch_model.bin", folder / "model.safetensors"
+    print(f"nanoaudio: converting {src} to {out} (once)", file=sys.stderr)
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        # the refusal's message runs to twenty lines of advice; its first line says what was refused
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NanoaudioError(f"{src}: refused by torch.load(weights_only=True), not loaded ({reason[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NanoaudioError(f"{src}: not a state dict of tensors (a {type(state).__name__})")
     tmp = out.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp)
     os.replace(tmp, out)
@@ -244,3 +382,45 @@ class atomic_dir:
         os.replace(self.tmp, self.path)
         shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def remove_stale_tmp(folder) -> list[Path]:
+    """Clean up after atomic_dir runs that were killed (kill -9, power loss) inside `folder` -> the paths handled.
+
+    `.NAME.tmp-PID`: a half-written folder; removed. `.NAME.old-PID`: the previous checkpoint, moved aside; removed
+    when NAME exists, else renamed back to NAME (the process died between its two renames, and this is the last
+    complete checkpoint). Folders of a process that is still running (another run saving right now) are left
+    alone; this process's own pid counts as dead, since it calls this before it saves anything.
+    """
+    import re
+    import shutil
+
+    folder = Path(folder)
+    handled = []
+    if not folder.is_dir():
+        return handled
+    for p in sorted(folder.iterdir()):
+        m = re.fullmatch(r"\.(.+)\.(tmp|old)-(\d+)", p.name)
+        if not m or not p.is_dir() or _alive(int(m.group(3))):
+            continue
+        target = folder / m.group(1)
+        if m.group(2) == "old" and not target.exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        handled.append(p)
+    return handled
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    if os.name == "nt":
+        return True  # Windows' os.kill would terminate the process, not probe it: keep the folder
+    try:
+        os.kill(pid, 0)  # signal 0: no signal sent, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or we cannot tell: keep it)
+    return True
