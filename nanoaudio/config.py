@@ -14,11 +14,163 @@ References: transformers' configuration_qwen3.py / configuration_smollm3.py / co
 modeling_rope_utils.py (rope_parameters vs the older rope_theta + rope_scaling spelling).
 """
 
+import math
 from dataclasses import asdict, dataclass
 
 from nanoaudio import NanoaudioError
 
 DECODER_TYPES = ("qwen3", "smollm3", "llama")
+
+# -----------------------------------------------------------------------------
+# checking a config.json before any of it is used
+#
+# A config.json is user input: a hand-edited or damaged one must give one line naming the file and the key, not
+# a TypeError deep in a constructor, an IndexError at inference or a 4 GB RoPE table. Each from_hf_config checks
+# the raw JSON values against its dataclass's field types and a table of allowed ranges (check_fields), and
+# check_asr_config does the same for the config.json that nanoaudio's own checkpoints carry.
+
+RULES = {  # the allowed ranges, by the words the error message uses
+    "> 0": lambda x: x > 0,
+    ">= 0": lambda x: x >= 0,
+    "in [0, 1)": lambda x: 0 <= x < 1,
+    "0 or 1": lambda x: x in (0, 1),
+}
+
+
+def _json(x) -> str:
+    """A value as its config.json spelling: "four", null, [1, 2] (cut short)."""
+    import json
+
+    try:
+        text = json.dumps(x)
+    except (TypeError, ValueError):
+        text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_type(x) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(x), "number" if isinstance(x, (int, float)) else type(x).__name__)
+
+
+def _has_type(x, annotation) -> bool:
+    """Is JSON value x an instance of a field annotation: int, float, bool, str, dict, tuple[T, ...], X | None?"""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return any(_has_type(x, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return x is None
+    if typing.get_origin(annotation) is tuple:
+        return isinstance(x, list) and all(_has_type(v, typing.get_args(annotation)[0]) for v in x)
+    if annotation is int:  # JSON true/false are not counts, though Python's bool is an int
+        return isinstance(x, int) and not isinstance(x, bool)
+    if annotation is float:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, annotation)
+
+
+def _describe(annotation) -> str:
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is tuple:
+        return f"a list of {_describe(typing.get_args(annotation)[0])[2:]}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object",
+            type(None): "null"}.get(annotation, annotation.__name__)
+
+
+def check_fields(d, cls, ranges: dict, source, prefix: str = "", none_is_default: bool = True, skip=()) -> None:
+    """Check the keys of the JSON object `d` that name fields of dataclass `cls`: each value has the field's type
+    and lies in ranges[key] (a RULES name; for a list, every item). null means "the default" when
+    none_is_default (the Hugging Face convention), else only fields typed `X | None` may be null.
+    `skip`: keys the caller checks itself. Raises NanoaudioError "{source}: {prefix}{key}: {value} is not ..." on
+    the first bad one."""
+    import dataclasses
+
+    if not isinstance(d, dict):
+        what = prefix.rstrip(".") or "the file"
+        raise NanoaudioError(f"{source}: {what} is a JSON {_json_type(d)}, not an object")
+    for f in dataclasses.fields(cls):
+        if f.name not in d or f.name in skip or (d[f.name] is None and none_is_default):
+            continue
+        x = d[f.name]
+        where = f"{source}: {prefix}{f.name}: {_json(x)}"
+        if not _has_type(x, f.type):
+            raise NanoaudioError(f"{where} is not {_describe(f.type)}")
+        rule = ranges.get(f.name)
+        if rule and x is not None and not all(RULES[rule](v) for v in (x if isinstance(x, list) else [x])):
+            raise NanoaudioError(f"{where}: must be {rule}")
+
+
+def check_asr_config(raw, source, cls) -> None:
+    """The config.json of a nanoaudio checkpoint (cls: model.ASRConfig), before ASRConfig(**raw) is built:
+    a JSON object with the required keys and no unknown ones, each of the right type; "encoder"/"decoder" hold
+    {"name": hub id or null, "config": its config.json}, checked by its own from_hf_config; "projector" holds
+    ProjectorConfig's fields, "lora" null or apply_lora's arguments."""
+    import dataclasses
+
+    if not isinstance(raw, dict):
+        raise NanoaudioError(f"{source}: not a nanoaudio checkpoint config (a JSON {_json_type(raw)}, not an object)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in fields.items():
+        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise NanoaudioError(f"{source}: not a nanoaudio checkpoint config (no {name!r} key)")
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise NanoaudioError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; a nanoaudio checkpoint "
+                             f"config has {', '.join(fields)}")
+    check_fields(raw, cls, {"ctc_weight": ">= 0", "window_seconds": "> 0"}, source, none_is_default=False)
+    for part in ("encoder", "decoder"):
+        d = raw[part]
+        extra = [k for k in d if k not in ("name", "config")]
+        if extra or "config" not in d or "name" not in d:
+            raise NanoaudioError(f"{source}: {part} must be {{\"name\": hub id or null, \"config\": {{...}}}}, got "
+                                 f"the keys {', '.join(map(repr, d)) or 'none'}")
+        if not (d["name"] is None or isinstance(d["name"], str)):
+            raise NanoaudioError(f"{source}: {part}.name: {_json(d['name'])} is not a string or null")
+        if not isinstance(d["config"], dict):
+            raise NanoaudioError(f"{source}: {part}.config: a JSON {_json_type(d['config'])}, not an object")
+        if d["name"] is None and not raw.get("from_scratch", False):
+            raise NanoaudioError(f"{source}: {part}.name is null, but from_scratch is false: the {part}'s weights "
+                                 f"are not in this checkpoint and nothing says where they are")
+    DecoderConfig.from_hf_config(raw["decoder"]["config"], source=f"{source}: decoder.config")
+    if raw["encoder"]["config"].get("model_type", "hubert") == "hubert":  # other encoders check their own
+        EncoderConfig.from_hf_config(raw["encoder"]["config"], source=f"{source}: encoder.config")
+    unknown = [k for k in raw["projector"] if k not in ProjectorConfig.__dataclass_fields__]
+    if unknown:
+        raise NanoaudioError(f"{source}: projector: unknown key(s) {', '.join(map(repr, unknown))}")
+    check_fields(raw["projector"], ProjectorConfig, PROJECTOR_RANGES, source, "projector.", none_is_default=False)
+    lora = raw.get("lora")
+    if lora is not None:
+        for key in lora:
+            if key not in LORA_RULES:
+                raise NanoaudioError(f"{source}: lora: unknown key {key!r}; use {', '.join(LORA_RULES)}")
+        for key, (ok, what) in LORA_RULES.items():
+            if key in lora and not ok(lora[key]):
+                raise NanoaudioError(f"{source}: lora.{key}: {_json(lora[key])} is not {what}")
+
+
+LORA_RULES = {  # apply_lora's arguments (lora.py)
+    "r": (lambda x: _has_type(x, int) and x > 0, "an integer > 0"),
+    "alpha": (lambda x: _has_type(x, float) and x > 0, "a number > 0"),
+    "dropout": (lambda x: _has_type(x, float) and 0 <= x < 1, "a number in [0, 1)"),
+    "targets": (lambda x: isinstance(x, str) or (isinstance(x, list) and all(isinstance(t, str) for t in x)),
+                "a list of module names"),
+}
+
+
+DECODER_RANGES = {
+    **{k: "> 0" for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta")},
+    # >= 1 is all this file can say: the positions a model will use are known only when it runs, and a longer
+    # prompt is a NanoaudioError there (decoder.py's rope table); the table grows with use, so a huge value is safe
+    "max_position_embeddings": "> 0",
+    "initializer_range": ">= 0", "bos_token_id": ">= 0", "pad_token_id": ">= 0", "no_rope_layers": "0 or 1",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +207,8 @@ class DecoderConfig:
             raise NanoaudioError(f"model_type {self.model_type!r} is not supported; use one of {DECODER_TYPES}")
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.head_dim < 2 or self.head_dim % 2:
+            raise NanoaudioError(f"head_dim {self.head_dim} must be even and > 0 (RoPE rotates pairs of dimensions)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise NanoaudioError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                                  f"num_key_value_heads {self.num_key_value_heads}")
@@ -80,6 +234,7 @@ class DecoderConfig:
     @classmethod
     def from_hf_config(cls, d: dict, source="config.json") -> "DecoderConfig":
         """Read a transformers config.json dict (any of the spellings transformers 4.x and 5.x write)."""
+        check_fields(d, cls, DECODER_RANGES, source, skip=("eos_token_id",))  # an id or a list of ids, below
         model_type = d.get("model_type")
         if model_type not in DECODER_TYPES:
             raise NanoaudioError(f"{source}: model_type {model_type!r} is not supported; use one of "
@@ -90,6 +245,9 @@ class DecoderConfig:
                 raise NanoaudioError(f"{source}: missing key {key!r}")
             return d[key]
 
+        def get(key, default):  # null means the default, as a missing key does
+            return default if d.get(key) is None else d[key]
+
         if d.get("hidden_act", "silu") != "silu":
             raise NanoaudioError(f"{source}: hidden_act {d['hidden_act']!r} is not supported (only silu)")
         if d.get("use_sliding_window"):
@@ -97,14 +255,25 @@ class DecoderConfig:
 
         # RoPE lives in `rope_theta` + `rope_scaling` (transformers 4.x files) or in one `rope_parameters`
         # dict (transformers 5.x re-saves). Both say the same thing.
-        rope = dict(d.get("rope_scaling") or {})
-        rope.update(d.get("rope_parameters") or {})
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        rope = {}
+        for key in ("rope_scaling", "rope_parameters"):
+            if not isinstance(d.get(key) or {}, dict):
+                raise NanoaudioError(f"{source}: {key}: a JSON {_json_type(d[key])}, not an object")
+            rope.update(d.get(key) or {})
+        for key, rule in (("rope_theta", "> 0"), ("factor", "> 0"), ("low_freq_factor", "> 0"),
+                          ("high_freq_factor", "> 0"), ("original_max_position_embeddings", "> 0")):
+            if key in rope and not (_has_type(rope[key], float) and RULES[rule](rope[key])):
+                raise NanoaudioError(f"{source}: rope {key}: {_json(rope[key])} is not a number {rule}")
+        theta = rope.get("rope_theta", get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "llama3"):
             raise NanoaudioError(f"{source}: rope type {rope_type!r} is not supported (only default and llama3)")
 
         no_rope = d.get("no_rope_layers")
+        if model_type == "smollm3" and no_rope is None and not (_has_type(d.get("no_rope_layer_interval", 4), int)
+                                                                and d.get("no_rope_layer_interval", 4) > 0):
+            raise NanoaudioError(f"{source}: no_rope_layer_interval: {_json(d['no_rope_layer_interval'])} is not "
+                                 f"an integer > 0")
         if model_type == "smollm3" and no_rope is None:
             # transformers' SmolLM3Config default: NoPE on every `no_rope_layer_interval`-th layer
             every = d.get("no_rope_layer_interval", 4)
@@ -112,10 +281,13 @@ class DecoderConfig:
 
         eos = d.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
+        if not all(_has_type(i, int) and i >= 0 for i in eos):
+            raise NanoaudioError(f"{source}: eos_token_id: {_json(d['eos_token_id'])} is not a token id or a list "
+                                 f"of them")
         dtype = d.get("torch_dtype", d.get("dtype"))  # transformers 5 renamed torch_dtype to dtype
         # tied embeddings: an explicit flag wins; otherwise the family's transformers default
         # (SmolLM3Config defaults to True; Qwen3Config and LlamaConfig to False).
-        tied = d.get("tie_word_embeddings", model_type == "smollm3")
+        tied = get("tie_word_embeddings", model_type == "smollm3")
         heads = need("num_attention_heads")
         try:
             return cls(
@@ -127,11 +299,11 @@ class DecoderConfig:
                 num_attention_heads=heads,
                 num_key_value_heads=d.get("num_key_value_heads") or heads,
                 head_dim=d.get("head_dim"),
-                rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-                max_position_embeddings=d.get("max_position_embeddings", 2048),
-                tie_word_embeddings=bool(tied),
-                attention_bias=bool(d.get("attention_bias", False)),
-                mlp_bias=bool(d.get("mlp_bias", False)),
+                rms_norm_eps=get("rms_norm_eps", 1e-6),
+                max_position_embeddings=get("max_position_embeddings", 2048),
+                tie_word_embeddings=tied,
+                attention_bias=get("attention_bias", False),
+                mlp_bias=get("mlp_bias", False),
                 rope_theta=float(theta),
                 rope_type=rope_type,
                 rope_factor=float(rope.get("factor", 1.0)),
@@ -143,7 +315,7 @@ class DecoderConfig:
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_id=eos,
                 pad_token_id=d.get("pad_token_id"),
-                initializer_range=d.get("initializer_range", 0.02),
+                initializer_range=get("initializer_range", 0.02),
             )
         except NanoaudioError as e:
             raise NanoaudioError(f"{source}: {e}") from None
@@ -171,6 +343,8 @@ class DecoderConfig:
 
 
 PROJECTOR_KINDS = ("linear", "swiglu")
+PROJECTOR_RANGES = {"stack": "> 0", "encoder_dim": "> 0", "decoder_dim": "> 0", "hidden": "> 0", "dropout": "in [0, 1)",
+                    "eps": "> 0"}
 
 
 @dataclass(frozen=True)
@@ -195,6 +369,16 @@ class ProjectorConfig:
                 raise NanoaudioError(f"projector {key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise NanoaudioError(f"projector dropout must be in [0, 1), got {self.dropout}")
+
+
+ENCODER_RANGES = {
+    **{k: "> 0" for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
+                          "conv_kernel", "conv_stride", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
+                          "layer_norm_eps", "vocab_size")},
+    **{k: "in [0, 1)" for k in ("hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout",
+                                "final_dropout")},
+    "initializer_range": ">= 0", "pad_token_id": ">= 0",
+}
 
 
 @dataclass(frozen=True)
@@ -252,6 +436,10 @@ class EncoderConfig:
 
     @classmethod
     def from_hf_config(cls, d: dict, source="config.json") -> "EncoderConfig":
+        check_fields(d, cls, ENCODER_RANGES, source, skip=("ctc_head",))  # ctc_head: from "architectures"
+        for key in ("conv_dim", "conv_kernel", "conv_stride"):
+            if d.get(key) == []:
+                raise NanoaudioError(f"{source}: {key}: [] (the feature extractor needs at least one conv layer)")
         if d.get("model_type", "hubert") != "hubert":
             raise NanoaudioError(f"{source}: model_type {d.get('model_type')!r} is not hubert")
         for key in ("hidden_act", "feat_extract_activation"):
@@ -282,3 +470,4 @@ class EncoderConfig:
         # SpecAugment (its learned `masked_spec_embed` vector exists only when a mask prob is > 0) and LayerDrop
         out |= {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
         return out
+

@@ -326,10 +326,12 @@ class ASRModel(nn.Module):
         from nanoaudio.projector import AudioProjector
         from nanoaudio.tokenizer import load_tokenizer
 
-        folder = Path(folder)
+        from nanoaudio.config import check_asr_config
+        from nanoaudio.load import require_folder
+
+        folder = require_folder(folder)
         raw = read_json(folder / "config.json")
-        if "projector" not in raw or "decoder" not in raw:
-            raise NanoaudioError(f"{folder / 'config.json'}: not a nanoaudio checkpoint (no projector/decoder)")
+        check_asr_config(raw, folder / "config.json", ASRConfig)  # types, ranges, required and unknown keys
         config = ASRConfig(**raw)
         if dtype is None and config.from_scratch:
             dtype = torch.float32  # a small model stored in half precision (the bundled one) runs in fp32
