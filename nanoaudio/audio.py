@@ -15,6 +15,8 @@ Legend: B batch, S samples.
 
 import io
 import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +53,24 @@ ZERO_CROSSINGS = 10  # sinc lobes kept on each side of the filter's centre
 # reading
 
 
-def load_audio(source, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """A file path, bytes or a binary file-like object -> (S,) float32 mono at `sample_rate`, not normalized."""
+def load_audio(source, sample_rate: int = SAMPLE_RATE, name: str | None = None) -> torch.Tensor:
+    """A file path, bytes or a binary file-like object -> (S,) float32 mono at `sample_rate`, not normalized.
+
+    name: what messages call the source (default: the path, the stream's name, "<bytes>"; sample.py passes
+    "<stdin>"). A file that decodes to fewer frames than its header states (cut off mid-file) is returned as
+    decoded, with a warning on stderr that gives both lengths.
+    """
     import soundfile as sf
 
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name, f = "<bytes>", io.BytesIO(bytes(source))
+        name, f = name or "<bytes>", io.BytesIO(bytes(source))
     elif hasattr(source, "read"):
-        name = str(getattr(source, "name", "<stream>"))
+        name = name or str(getattr(source, "name", "<stream>"))
         # libsndfile seeks (it reads the header, then the data): pipes such as stdin must be buffered first
         seekable = getattr(source, "seekable", lambda: False)()
         f = source if seekable else io.BytesIO(source.read())
     else:
-        name = str(source)
+        name = name or str(source)
         path = Path(source).expanduser()
         if not path.exists():
             raise NanoaudioError(f"{name}: no such file")
@@ -71,11 +78,28 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
             raise NanoaudioError(f"{name}: is a folder, not an audio file")
         f = path
     try:
-        # always_2d: (S, channels) for every file; integer PCM is scaled to [-1, 1) (int16 / 32768, ...)
-        data, sr = sf.read(f, dtype="float32", always_2d=True)
+        with sf.SoundFile(f) as snd:
+            sr, stated = snd.samplerate, max(snd.frames, _header_frames(snd))
+            # always_2d: (S, channels) for every file; integer PCM is scaled to [-1, 1) (int16 / 32768, ...)
+            data = snd.read(dtype="float32", always_2d=True)
+            exact = snd.format in ("WAV", "WAVEX")
     except (RuntimeError, TypeError, ValueError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # error_string: libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>"
+        reason = getattr(e, "error_string", None) or str(e).strip() or type(e).__name__
+        if "System error" in reason and isinstance(f, Path):  # libsndfile's word for any OS error: ask the OS
+            try:
+                open(f, "rb").close()
+            except OSError as os_error:
+                reason = os_error.strerror or reason
+        reason = reason.strip().splitlines()[0].rstrip(".")
         raise NanoaudioError(f"{name}: not an audio file soundfile can read ({reason})") from None
+    # A WAV header's length is exact; an MP3's comes from its Xing/LAME header or is estimated from the file size,
+    # so there a shortfall of up to 1% (and two 1152-sample MPEG frames) is not reported.
+    missing = stated - data.shape[0]
+    if missing > (0 if exact else 0.01 * stated + 2304):
+        print(f"warning: {name}: decoded {data.shape[0]} of the {stated} frames its header states "
+              f"({data.shape[0] / sr:.2f} of {stated / sr:.2f} s; the file is cut off?); using what was decoded",
+              file=sys.stderr)
     if data.shape[0] == 0:
         raise NanoaudioError(f"{name}: the file holds zero samples")
     if not np.isfinite(data).all():  # float WAVs can store NaN/inf; they would poison every frame they touch
@@ -90,6 +114,17 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         raise NanoaudioError(f"{name}: {wav.shape[0]} samples at {sample_rate} Hz ({ms:.1f} ms) is shorter than "
                              f"one encoder frame ({need} samples, 25 ms)")
     return wav
+
+
+def _header_frames(snd) -> int:
+    """The frames a WAV header states. libsndfile shortens .frames to what the file holds, and says so only in
+    its log: "data : 32000 (should be 15978)" (bytes the header states, bytes there), beside "Block Align : 2"."""
+    log = snd.extra_info
+    data = re.search(r"^data\s*:\s*(\d+)\s*\(should be \d+\)", log, re.M)
+    align = re.search(r"Block Align\s*:\s*(\d+)", log)
+    if not data or not align or int(align.group(1)) == 0 or int(data.group(1)) >= 0xFFFFFFFF:
+        return 0  # no complaint, not a WAV, or a streamed WAV whose header never got its length (0xFFFFFFFF)
+    return int(data.group(1)) // int(align.group(1))
 
 
 # -----------------------------------------------------------------------------
