@@ -8,7 +8,7 @@
 - Parameter names are the checkpoints' (`model.layers.{i}.self_attn.q_proj.weight`, ...), so the state dict
   keys ARE the safetensors keys and loading is the identity (plus tied embeddings).
 - RoPE in the half-split ("rotate_half") layout that Hugging Face checkpoints expect: q/k weights load
-  verbatim, no permutation. cos/sin are precomputed non-persistent buffers.
+  verbatim, no permutation. cos/sin are precomputed non-persistent buffers, for the positions used so far.
 - RMSNorm and attention go through nanoaudio.nn: Triton kernels on CUDA, PyTorch (SDPA) elsewhere.
 - Generation: an explicit preallocated KVCache, one prefill over the prompt, then one token per step;
   greedy; batched prompts are left-padded and described by an attention mask, positions counted from
@@ -54,6 +54,9 @@ def rope_inv_freq(config: DecoderConfig) -> torch.Tensor:
         medium = ~(wavelen < old_len / hi) * ~(wavelen > old_len / lo)
         inv_freq = torch.where(medium, smoothed, scaled)
     return inv_freq
+
+
+ROPE_ROWS = 4096  # positions the cos/sin tables hold at first (Decoder.init_rope); they double when needed
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -195,10 +198,14 @@ class Decoder(nn.Module):
         self.init_rope()
         self.init_weights()
 
-    def init_rope(self):
-        """(Re)compute the cos/sin tables, (max_position_embeddings, D/2) in fp32, non-persistent buffers.
+    def init_rope(self, rows: int = ROPE_ROWS):
+        """(Re)compute the cos/sin tables, (n, D/2) in fp32, non-persistent buffers, for the first
+        n = min(rows, max_position_embeddings) positions; rope() grows them when a longer sequence comes.
 
-        A model built on the meta device gets empty placeholders; load_weights computes the real tables.
+        Not the whole max_position_embeddings: a config may allow 2e7 positions (a 10 GB table at D = 128) and a
+        model uses a few thousand. Each entry is one fp32 product and one cos/sin of it, so a row is the same,
+        to the bit, whatever the table's length. A model built on the meta device gets empty placeholders;
+        load_weights computes the real tables.
         """
         device = self.model.embed_tokens.weight.device
         if device.type == "meta":
@@ -206,10 +213,23 @@ class Decoder(nn.Module):
             self.register_buffer("rope_sin", torch.empty(0, device=device), persistent=False)
             return
         inv_freq = rope_inv_freq(self.config).to(device)
-        pos = torch.arange(self.config.max_position_embeddings, device=device, dtype=torch.float32)
-        freqs = pos[:, None] * inv_freq[None, :]  # (T_max, D/2), the same fp32 product as transformers
+        pos = torch.arange(min(rows, self.config.max_position_embeddings), device=device, dtype=torch.float32)
+        freqs = pos[:, None] * inv_freq[None, :]  # (n, D/2), the same fp32 product as transformers
         self.register_buffer("rope_cos", freqs.cos(), persistent=False)
         self.register_buffer("rope_sin", freqs.sin(), persistent=False)
+
+    def rope(self, positions: torch.Tensor, end: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B or 1, 1, T, D/2) of positions (B or 1, T), which are all < end (the sequence's columns:
+        left padding only lowers a row's positions). The table doubles when `end` passes its length (rarely: it
+        starts at ROPE_ROWS), and a position beyond max_position_embeddings is a NanoaudioError, not an IndexError."""
+        limit = self.config.max_position_embeddings
+        if end > limit and int(positions.max()) >= limit:  # (the exact check syncs a GPU, so only past the limit)
+            raise NanoaudioError(f"the decoder was asked for position {int(positions.max())}, beyond its "
+                                 f"max_position_embeddings {limit} (config.json): a shorter prompt or fewer new "
+                                 f"tokens")
+        if min(end, limit) > self.rope_cos.shape[0]:
+            self.init_rope(max(end, 2 * self.rope_cos.shape[0]))
+        return self.rope_cos[positions][:, None].to(dtype), self.rope_sin[positions][:, None].to(dtype)
 
     @torch.no_grad()
     def init_weights(self):
@@ -266,8 +286,7 @@ class Decoder(nn.Module):
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
         else:
             positions = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
-        cos = self.rope_cos[positions][:, None].to(x.dtype)  # (B or 1, 1, T, D/2)
-        sin = self.rope_sin[positions][:, None].to(x.dtype)
+        cos, sin = self.rope(positions, past + T, x.dtype)  # (B or 1, 1, T, D/2)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
