@@ -23,6 +23,8 @@ _LAZY = {
     "load_tokenizer": "nanoaudio.tokenizer",
     "load_encoder": "nanoaudio.encoder",
     "load_audio": "nanoaudio.audio",
+    "log_mel_spectrogram": "nanoaudio.whisper",
+    "WhisperEncoder": "nanoaudio.whisper",
     "AudioProjector": "nanoaudio.projector",
     "ASRModel": "nanoaudio.model",
     "apply_lora": "nanoaudio.lora",

@@ -196,15 +196,18 @@ def normalize(wav: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / torch.sqrt(var + NORM_EPS)).to(torch.float32)
 
 
-def batch_audio(waves: list[torch.Tensor], pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_audio(waves: list[torch.Tensor], pad_to_multiple_of: int = 1,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """B waveforms (S_i,) -> waveform (B, S) float32, attention_mask (B, S) long (1 = real sample).
 
-    Each waveform is normalized over its own samples, then right-padded with zeros (the padding value of the
-    HuBERT feature extractor: the encoder's valid frames never see the padding, see encoder.py) to S, the
-    longest length rounded up to a multiple of pad_to_multiple_of (fewer distinct shapes: train.py).
+    Each waveform is normalized over its own samples (normalize=False: kept raw, as Whisper wants them; pass the
+    encoder's `normalize_audio`), then right-padded with zeros (the padding value of both feature extractors:
+    the encoder's valid frames never see the padding, see encoder.py) to S, the longest length rounded up to a
+    multiple of pad_to_multiple_of (fewer distinct shapes: train.py).
     """
     if len(waves) == 0:
         raise NanoaudioError("batch_audio: empty list of waveforms")
+    from nanoaudio.audio import normalize as normalize_wave  # the flag shadows the function's name here
     waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waves]
     S = -(-max(w.shape[0] for w in waves) // pad_to_multiple_of) * pad_to_multiple_of
     out = torch.zeros(len(waves), S, dtype=torch.float32)
@@ -212,6 +215,6 @@ def batch_audio(waves: list[torch.Tensor], pad_to_multiple_of: int = 1) -> tuple
     for b, w in enumerate(waves):
         if w.shape[0] == 0:
             raise NanoaudioError(f"batch_audio: waveform {b} has zero samples")
-        out[b, : w.shape[0]] = normalize(w)
+        out[b, : w.shape[0]] = normalize_wave(w) if normalize else w
         mask[b, : w.shape[0]] = 1
     return out, mask

@@ -3,8 +3,8 @@ from a formula for what autograd keeps. Shared by `python -m nanoaudio.compare d
 
     total = weights + gradients + AdamW state + activations
 
-- Parameters: the real Decoder, HubertEncoder, AudioProjector and LoRA layers are built on the meta device
-  (shapes only, no memory, no time) and counted with sum(p.numel()), so every number follows the real
+- Parameters: the real Decoder, encoder (HubertEncoder or WhisperEncoder), AudioProjector and LoRA layers are built
+  on the meta device (shapes only, no memory, no time) and counted with sum(p.numel()), so every number follows the real
   config.json, including tied embeddings and Qwen3's head_dim != hidden/heads.
 - weights: frozen parameters in the training dtype (bf16: train.py stores frozen weights in bf16), trainable
   ones in fp32 (master weights). gradients: 4 bytes per trainable parameter. AdamW: 2 fp32 moments, 8 bytes.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoaudio.config import DecoderConfig, ProjectorConfig
+from nanoaudio.config import DecoderConfig, ProjectorConfig, WhisperEncoderConfig
 
 SAMPLE_RATE = 16000
 TEXT_TOKENS_PER_SECOND = 4.0  # read speech: ~2.7 words/s (LibriSpeech) x ~1.4 BPE tokens/word, rounded up
@@ -102,12 +102,18 @@ def projector_params(cfg: ProjectorConfig) -> int:
         return n_params(AudioProjector(cfg))
 
 
+def encoder_class(cfg):
+    """HubertEncoder or WhisperEncoder, by the config's type."""
+    from nanoaudio.encoder import HubertEncoder
+    from nanoaudio.whisper import WhisperEncoder
+
+    return WhisperEncoder if isinstance(cfg, WhisperEncoderConfig) else HubertEncoder
+
+
 @functools.lru_cache(maxsize=16)
 def encoder_params(cfg) -> int:
-    from nanoaudio.encoder import HubertEncoder
-
     with torch.device("meta"):
-        return n_params(HubertEncoder(cfg))
+        return n_params(encoder_class(cfg)(cfg))
 
 
 # -----------------------------------------------------------------------------
@@ -179,20 +185,38 @@ def encoder_transient_bytes(enc_cfg, batch_size: int, samples: int, s: int) -> i
     """Peak of the frozen encoder's forward (no_grad), in elements of its first conv layer's output
     (B, S/5, conv_dim), the largest tensor it makes: about three such tensors at once. On a GPU under bf16
     autocast, the conv output (s bytes), then the LayerNorm's fp32 input copy and fp32 output: s + 8 bytes.
-    On CPU in fp32 the channels-last conv stack measures ~9.5 bytes (tests/test_compare.py): an upper bound."""
+    On CPU in fp32 the channels-last conv stack measures ~9.5 bytes (tests/test_compare.py): an upper bound.
+    Whisper: see whisper_transient_bytes."""
+    if isinstance(enc_cfg, WhisperEncoderConfig):
+        return whisper_transient_bytes(enc_cfg, batch_size, samples, s)
     width = enc_cfg.conv_dim[0]
     frames0 = (samples - enc_cfg.conv_kernel[0]) // enc_cfg.conv_stride[0] + 1
     return batch_size * width * frames0 * (s + 8)
+
+
+def whisper_transient_bytes(enc_cfg: WhisperEncoderConfig, batch_size: int, samples: int, s: int) -> int:
+    """Peak of a frozen WhisperEncoder's forward (no_grad): the larger of
+    - the front end, per mel frame: the STFT's frames (400 fp32), its complex spectrum (201 x 8 bytes) and power
+      (201 x 4), in fp32 whatever the encoder's dtype;
+    - a layer's MLP, per encoder frame: the residual stream, fc2's output and their sum (C each), fc1's output
+      and its GELU (I each), s bytes each. Attention on a GPU (the flash kernel) keeps no F x F scores.
+    Frames: all 1500 in the pad-to-30 s mode, whatever the audio; only the real ones in the true-length mode.
+    Measured on CPU in fp32: 0.95-0.97 of this (tests/test_whisper.py)."""
+    if enc_cfg.pad_to_30s:
+        mel_frames, frames = 3000, 1500
+    else:
+        mel_frames, frames = -(-samples // 160), enc_cfg.num_frames(samples)
+    front = batch_size * (mel_frames + 6) * (400 * 4 + 201 * 12)  # + 6: the few frames past the audio it computes
+    layer = batch_size * frames * (3 * enc_cfg.d_model + 2 * enc_cfg.encoder_ffn_dim) * s
+    return max(front, layer)
 
 
 def encoder_activation_bytes(enc_cfg, batch_size: int, samples: int, s: int) -> int:
     """What a TRAINED encoder keeps for backward (the tiny preset trains its own). Counted, not derived: the
     real HubertEncoder runs on the meta device (no memory) in training mode, and every tensor autograd saves
     is summed once per storage; an fp32 trace, scaled to s bytes per element."""
-    from nanoaudio.encoder import HubertEncoder
-
     with torch.device("meta"):
-        enc = HubertEncoder(enc_cfg).train()
+        enc = encoder_class(enc_cfg)(enc_cfg).train()
         wave = torch.empty(batch_size, samples)
     own = {t.untyped_storage()._cdata for t in enc.parameters()}
     seen = {}
@@ -214,6 +238,8 @@ def kv_cache_bytes(cfg: DecoderConfig, batch_size: int, tokens: int, s: int) -> 
 
 def encoder_frames(enc_cfg, samples: int) -> int:
     """Frames the conv feature extractor gives for `samples`: each layer maps n -> floor((n - kernel)/stride) + 1."""
+    if isinstance(enc_cfg, WhisperEncoderConfig):
+        return enc_cfg.num_frames(samples)  # the log-mel hop, then conv2's stride (config.py)
     n = samples
     for kernel, stride in zip(enc_cfg.conv_kernel, enc_cfg.conv_stride):
         n = (n - kernel) // stride + 1
@@ -328,7 +354,7 @@ def format_budget(b: Budget) -> str:
         f"  gradients   {gib(b.grads_bytes)}",
         f"  AdamW state {gib(b.optimizer_bytes)}",
         f"  activations {gib(b.activations_bytes)}"
-        + ("   (the frozen encoder's first conv layer sets this peak)" if b.activations_bytes == b.encoder_peak_bytes
+        + ("   (the frozen encoder's forward sets this peak)" if b.activations_bytes == b.encoder_peak_bytes
            else ""),
         f"  total       {gib(b.total_bytes)}   (on a GPU add the CUDA context and workspaces, ~0.5-1 GiB)",
         f"  inference KV cache {b.kv_cache_bytes / GiB:.2f} GiB for {b.batch_size} x {b.seq_len} tokens",

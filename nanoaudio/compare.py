@@ -1,6 +1,7 @@
 """The course's two workshop exercises (class 3), with true numbers: every count comes from a real module.
 
     python -m nanoaudio.compare projectors [--seconds 3]
+    python -m nanoaudio.compare encoders [--stack 5]
     python -m nanoaudio.compare decoders [--lora-r 8 --lora-targets q_proj,k_proj,v_proj,o_proj]
                                          [--batch-size 8 --seconds 20 --dtype bf16]
 
@@ -12,6 +13,9 @@
   (shipped in nanoaudio/configs/, so this works offline), each built on the meta device: parameters, shape,
   the projector each one needs from hubert-xlarge, LoRA parameters for the chosen rank and targets, and the
   memory of a training step from nanoaudio.budget (the same code train.py prints before training).
+- encoders: hubert-large/xlarge and whisper-large-v3/-turbo/small/base/tiny from their real config.json: parameters
+  (the real HubertEncoder / WhisperEncoder on the meta device), frames and tokens per second, and the linear
+  projector each needs for Qwen3-8B (4096-d) and SmolLM3-3B (2048-d).
 """
 
 import argparse
@@ -57,9 +61,12 @@ def decoder_config(name: str) -> DecoderConfig:
 
 
 def encoder_config(name: str):
-    from nanoaudio.config import EncoderConfig
+    """A shipped encoder config, HuBERT or Whisper by its model_type."""
+    from nanoaudio.config import EncoderConfig, WhisperEncoderConfig
 
-    return EncoderConfig.from_hf_config(shipped_config(name))
+    d = shipped_config(name)
+    cls = WhisperEncoderConfig if d.get("model_type") == "whisper" else EncoderConfig
+    return cls.from_hf_config(d, source=CONFIGS / f"{name}.json")
 
 
 # -----------------------------------------------------------------------------
@@ -255,7 +262,62 @@ def print_decoders(args, out=None):
 
 
 # -----------------------------------------------------------------------------
+# encoders: the course's "1280 dimensions from HuBERT (or Whisper)", for every real encoder
+
+ENCODER_NAMES = ["hubert-large", "hubert-xlarge", "whisper-large-v3", "whisper-large-v3-turbo", "whisper-small",
+                 "whisper-base", "whisper-tiny"]
+PROJECTOR_DECODERS = ("qwen3-8b", "smollm3-3b")
+
+
+def encoder_rows(names=ENCODER_NAMES, stack=5, decoders=PROJECTOR_DECODERS) -> list[dict]:
+    """Per encoder: parameters (the real module on the meta device), shape, frames and audio tokens in 30 s (the
+    real frame arithmetic), and the linear projector (k = stack) to each decoder's width (from its config.json)."""
+    from nanoaudio.budget import encoder_params
+
+    widths = {d: decoder_config(d).hidden_size for d in decoders}
+    rows = []
+    for name in names:
+        cfg = encoder_config(name)
+        whisper = hasattr(cfg, "num_mel_bins")
+        frames = encoder_frames(cfg, 30 * SAMPLE_RATE)
+        rows.append(dict(
+            name=name, config=cfg, params=encoder_params(cfg), Ce=cfg.hidden_size,
+            layers=cfg.encoder_layers if whisper else cfg.num_hidden_layers,
+            heads=cfg.encoder_attention_heads if whisper else cfg.num_attention_heads,
+            input=f"log-mel {cfg.num_mel_bins}, raw" if whisper else "waveform, normalized",
+            frames_30s=frames, tokens_30s=-(-frames // stack),
+            proj={d: projector_params(ProjectorConfig(kind="linear", stack=stack, encoder_dim=cfg.hidden_size,
+                                                      decoder_dim=Cd)) for d, Cd in widths.items()},
+        ))
+    return rows
+
+
+def print_encoders(stack: int = 5, out=None):
+    rows = encoder_rows(stack=stack)
+    p = lambda *a: print(*a, file=out or sys.stdout)  # noqa: E731
+    widths = {d: decoder_config(d).hidden_size for d in PROJECTOR_DECODERS}
+    p("Encoders from their real config.json (nanoaudio/configs/), each built on the meta device; frames and tokens for")
+    p(f"30 s of audio (the real frame arithmetic); the course's linear projector, k={stack}, to each decoder's width")
+    p("")
+    cols = "".join(f" {'proj -> ' + d:>18}" for d in PROJECTOR_DECODERS)
+    p(f"{'encoder':<23} {'parameters':>13} {'width':>5} {'layers':>6} {'heads':>5} {'input':<20} {'frames':>6} "
+      f"{'frames/s':>8} {'tokens/s':>8}{cols}")
+    for r in rows:
+        proj = "".join(f" {r['proj'][d]:>18,}" for d in PROJECTOR_DECODERS)
+        p(f"{r['name']:<23} {r['params']:>13,} {r['Ce']:>5} {r['layers']:>6} {r['heads']:>5} {r['input']:<20} "
+          f"{r['frames_30s']:>6} {r['frames_30s'] / 30:>8.2f} {r['tokens_30s'] / 30:>8.2f}{proj}")
+    p(f"decoder widths from their config.json: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
+    p("- 1280 dimensions: hubert-xlarge, whisper-large-v3 and -turbo only (turbo = large-v3's encoder shape, its own")
+    p("  weights, with a 4-layer decoder); hubert-large 1024, whisper-small 768, -base 512, -tiny 384")
+    p("- HuBERT: a conv stack on the waveform, (S - 400) // 320 + 1 frames (1499 in 30 s); Whisper: a log-mel")
+    p("  spectrogram (hop 10 ms), then a stride-2 conv: (ceil(S / 160) - 1) // 2 + 1 frames (1500 in 30 s)")
+    p("- parameters: the encoder only (Whisper's text decoder is never loaded); the projector: its Linear + 2 RMSNorms")
+
+
+# -----------------------------------------------------------------------------
 # command line
+
+
 
 
 def main(argv=None):
@@ -264,6 +326,8 @@ def main(argv=None):
     pp = sub.add_parser("projectors", help="Exercise 1: projector configurations")
     pp.add_argument("--seconds", type=float, default=3.0, help="audio duration (the course: 3 s)")
     pp.add_argument("--encoder", default="hubert-xlarge", help="hubert-xlarge (1280-d) or hubert-large (1024-d)")
+    pe = sub.add_parser("encoders", help="the real encoders: parameters, frames, the projector each needs")
+    pe.add_argument("--stack", type=int, default=5, help="projector stack factor k")
     pd = sub.add_parser("decoders", help="Exercise 2: decoder models and training memory")
     pd.add_argument("--decoders", default=",".join(DECODER_NAMES), help="comma-separated shipped decoder configs")
     pd.add_argument("--encoder", default="hubert-xlarge", help="hubert-xlarge (1280-d) or hubert-large (1024-d)")
@@ -278,6 +342,10 @@ def main(argv=None):
     try:
         if args.what == "projectors":
             print_projectors(args.seconds, args.encoder)
+        elif args.what == "encoders":
+            if args.stack < 1:
+                raise NanoaudioError("--stack must be positive")
+            print_encoders(args.stack)
         else:
             bad = [t for t in args.lora_targets.split(",") if t not in TARGETS]
             if bad:

@@ -471,3 +471,92 @@ class EncoderConfig:
         out |= {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
         return out
 
+
+
+@dataclass(frozen=True)
+class WhisperEncoderConfig:
+    """Whisper's encoder (whisper.py), read from a WhisperModel/WhisperForConditionalGeneration config.json.
+
+    Field names are transformers' WhisperConfig names (d_model, encoder_layers, ...), defaults its defaults, so a
+    config.json that omits a key means what it means to transformers. The text decoder's keys are ignored.
+    num_mel_bins: log-mel bins (80; 128 for large-v3 and turbo); preprocessor_config.json's feature_size must agree.
+    pad_to_30s: the input mode, which training and inference must share (so it is written into config.json):
+      True  = every input is zero-padded to 30 s and the encoder attends over all 1500 frames, as Whisper was
+              trained and as transformers runs it (exact parity);
+      False = true length: only the frames covering real audio, the positional table sliced to them and padded
+              keys masked (Ultravox's choice; faster on short inputs).
+    """
+
+    num_mel_bins: int = 80
+    d_model: int = 384
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 6
+    encoder_ffn_dim: int = 1536
+    max_source_positions: int = 1500  # 30 s at 50 frames/s: the positional table's rows
+    activation_function: str = "gelu"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0  # kept for the round trip; not applied (nanoaudio.nn.attention has no dropout)
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    torch_dtype: str | None = None
+    pad_to_30s: bool = True
+
+    def __post_init__(self):
+        if self.d_model % self.encoder_attention_heads:
+            raise NanoaudioError(f"d_model {self.d_model} is not a multiple of encoder_attention_heads "
+                                 f"{self.encoder_attention_heads}")
+        if self.activation_function != "gelu":
+            raise NanoaudioError(f"activation_function {self.activation_function!r} is not supported (only gelu)")
+        if self.pad_to_30s and self.max_source_positions != 1500:
+            raise NanoaudioError(f"pad_to_30s needs max_source_positions 1500 (30 s at 50 frames/s), got "
+                                 f"{self.max_source_positions}")
+
+    @property
+    def hidden_size(self) -> int:  # the name the projector and the budget read, as for HuBERT
+        return self.d_model
+
+    def num_frames(self, num_samples):
+        """Encoder frames covering num_samples real samples (an int, or a tensor of lengths): ceil(S / 160)
+        log-mel frames (hop 160 samples = 10 ms, whisper.HOP_LENGTH), then conv2 (kernel 3, stride 2, padding 1):
+        n -> (n - 1) // 2 + 1 (0 -> 0). So 50 frames/s, and 480,000 samples (30 s) -> 1500 (transformers'
+        _get_feat_extract_output_lengths of the mel frames)."""
+        mel = -(-num_samples // 160)  # ceil
+        return (mel - 1) // 2 + 1
+
+    @classmethod
+    def from_hf_config(cls, d: dict, source="config.json", preprocessor: dict | None = None,
+                       preprocessor_source="preprocessor_config.json") -> "WhisperEncoderConfig":
+        """config.json (and, when the checkpoint has one, its preprocessor_config.json or processor_config.json
+        dict: the log-mel settings, which nanoaudio's front end has fixed, so they are checked, not read)."""
+        if d.get("model_type") != "whisper":
+            raise NanoaudioError(f"{source}: model_type {d.get('model_type')!r} is not whisper")
+        if d.get("scale_embedding"):
+            # transformers computes embed_scale and never applies it in the encoder; refuse rather than guess
+            raise NanoaudioError(f"{source}: scale_embedding=true is not supported")
+        fields = {f: d[f] for f in cls.__dataclass_fields__ if f in d and d[f] is not None}
+        dtype = d.get("torch_dtype", d.get("dtype"))  # transformers 5 renamed torch_dtype to dtype
+        fields["torch_dtype"] = dtype if isinstance(dtype, str) else None
+        if preprocessor is not None:
+            fe = preprocessor.get("feature_extractor", preprocessor)  # processor_config.json nests it
+            fixed = {"sampling_rate": 16000, "n_fft": 400, "hop_length": 160, "chunk_length": 30}
+            for key, value in fixed.items():
+                if fe.get(key, value) != value:
+                    raise NanoaudioError(f"{preprocessor_source}: {key} {fe[key]!r} is not supported (Whisper's "
+                                         f"front end has {value})")
+            n_mels = fe.get("feature_size", fields.get("num_mel_bins", 80))
+            if n_mels != fields.setdefault("num_mel_bins", n_mels):
+                raise NanoaudioError(f"{preprocessor_source}: feature_size {n_mels} disagrees with {source}'s "
+                                     f"num_mel_bins {fields['num_mel_bins']}")
+        try:
+            return cls(**fields)
+        except (NanoaudioError, TypeError, ValueError) as e:
+            raise NanoaudioError(f"{source}: {e}") from None
+
+    def to_hf_config(self) -> dict:
+        """A config.json that from_hf_config and transformers' WhisperConfig both read back (the decoder keys are
+        transformers' defaults: nanoaudio saves the encoder only). pad_to_30s is nanoaudio's own key."""
+        out = {"architectures": ["WhisperEncoder"], "model_type": "whisper"}
+        out |= {k: v for k, v in asdict(self).items() if v is not None}
+        # what nanoaudio does not implement, written as "off" so transformers builds the same model
+        out |= {"scale_embedding": False, "encoder_layerdrop": 0.0, "apply_spec_augment": False}
+        return out

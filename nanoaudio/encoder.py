@@ -35,6 +35,7 @@ from nanoaudio.config import EncoderConfig
 from nanoaudio.load import (DTYPES, ENCODERS, convert_bin_to_safetensors, load_state, parse_dtype, read_json,
                             read_tensors, resolve, safetensors_files)
 from nanoaudio.nn import attention
+from nanoaudio.whisper import WhisperEncoder, load_whisper_encoder
 
 
 def num_frames(num_samples: int, conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE) -> int:
@@ -249,6 +250,8 @@ class TransformerEncoder(nn.Module):
 
 
 class HubertEncoder(nn.Module):
+    normalize_audio = True  # wants zero-mean unit-variance samples, as fine-tuned (WhisperEncoder: False)
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
@@ -355,18 +358,29 @@ def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return g.double() * v / v.norm(dim=(0, 1), keepdim=True)
 
 
-def load_encoder(name_or_path, dtype=None, device="cpu") -> HubertEncoder:
-    """A HubertModel/HubertForCTC checkpoint: a local folder, a hub id or a short name (hubert-xlarge,
-    hubert-large). dtype: None -> the config's torch_dtype (float32 if none); or a torch dtype / "bf16"...
-    The CTC head is loaded when the checkpoint has one (lm_head.*)."""
-    patterns = ["config.json", "preprocessor_config.json", "model.safetensors*"]
+def load_encoder(name_or_path, dtype=None, device="cpu") -> "HubertEncoder | WhisperEncoder":
+    """An encoder checkpoint, dispatched on config.json's model_type: a local folder, a hub id or a short name.
+    hubert: HubertModel/HubertForCTC (hubert-xlarge, hubert-large); the CTC head is loaded when the checkpoint
+    has one (lm_head.*). whisper: the encoder of WhisperModel/WhisperForConditionalGeneration (whisper-large-v3,
+    -turbo, -small, -base, -tiny), the text decoder's tensors never read (whisper.load_whisper_encoder).
+    dtype: None -> the config's torch_dtype (float32 if none); or a torch dtype / "bf16"..."""
+    patterns = ["config.json", "preprocessor_config.json", "processor_config.json", "model.safetensors*"]
     folder = resolve(name_or_path, ENCODERS, patterns)
     if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
         if not (folder / "pytorch_model.bin").is_file() and not Path(name_or_path).expanduser().is_dir():
             folder = resolve(name_or_path, ENCODERS, patterns + ["pytorch_model.bin"])  # older hub repos
         if (folder / "pytorch_model.bin").is_file():
             convert_bin_to_safetensors(folder)  # once: torch.load(weights_only=True), never a full unpickle
-    config = EncoderConfig.from_hf_config(read_json(folder / "config.json"), source=folder / "config.json")
+    hf = read_json(folder / "config.json")
+    model_type = hf.get("model_type", "hubert")  # the oldest HuBERT files name none
+    if model_type == "whisper":
+        model = load_whisper_encoder(folder, dtype, device)
+        model.source = str(name_or_path)
+        return model
+    if model_type != "hubert":
+        raise NanoaudioError(f"{folder / 'config.json'}: model_type {model_type!r} is not an encoder nanoaudio "
+                             f"loads (hubert or whisper)")
+    config = EncoderConfig.from_hf_config(hf, source=folder / "config.json")
     dtype = parse_dtype(dtype) or DTYPES.get(config.torch_dtype or "", torch.float32)
     files = safetensors_files(folder)
     # the positional conv's weight norm is folded in float64 from the file's values, then cast: read that

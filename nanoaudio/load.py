@@ -40,6 +40,12 @@ DECODERS = {
 ENCODERS = {
     "hubert-xlarge": "facebook/hubert-xlarge-ls960-ft",  # 1280-d, the course's encoder
     "hubert-large": "facebook/hubert-large-ls960-ft",  # 1024-d
+    # Whisper's encoders (nanoaudio reads only the encoder's tensors): 128 mel bins for large-v3 and turbo
+    "whisper-large-v3": "openai/whisper-large-v3",  # 1280-d, 32 layers
+    "whisper-large-v3-turbo": "openai/whisper-large-v3-turbo",  # large-v3's encoder shape, a 4-layer decoder
+    "whisper-small": "openai/whisper-small",  # 768-d
+    "whisper-base": "openai/whisper-base",  # 512-d
+    "whisper-tiny": "openai/whisper-tiny",  # 384-d
 }
 
 # safetensors dtype strings -> torch dtypes
