@@ -105,8 +105,26 @@ def output_file(*suffixes: str):
         if not path.resolve().parent.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: the folder {path.parent} does not exist")
         if suffixes and path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"{text}: the file name must end in {' or '.join(suffixes)}")
+            allowed = ", ".join(suffixes[:-1]) + " or " * (len(suffixes) > 1) + suffixes[-1]
+            raise argparse.ArgumentTypeError(f"{text}: the file name must end in {allowed}")
         return text
 
     parse.__name__ = "output_file"
     return parse
+
+
+def check_device(device: str, flag: str = "--device") -> None:
+    """`flag` names a device this machine has (cpu, cuda, cuda:N, mps), or one line saying it does not."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NanoaudioError(f"{flag} {device!r}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise NanoaudioError(f"{flag} {device}: this machine has {have}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise NanoaudioError(f"{flag} {device}: MPS is not available on this machine")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise NanoaudioError(f"{flag} {device}: choose cpu, cuda, cuda:N or mps")

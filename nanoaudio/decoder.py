@@ -198,9 +198,10 @@ class Decoder(nn.Module):
         self.init_rope()
         self.init_weights()
 
-    def init_rope(self, rows: int = ROPE_ROWS):
+    def init_rope(self, rows: int | None = None):
         """(Re)compute the cos/sin tables, (n, D/2) in fp32, non-persistent buffers, for the first
-        n = min(rows, max_position_embeddings) positions; rope() grows them when a longer sequence comes.
+        n = min(rows or ROPE_ROWS, max_position_embeddings) positions; rope() grows them when a longer sequence
+        comes.
 
         Not the whole max_position_embeddings: a config may allow 2e7 positions (a 10 GB table at D = 128) and a
         model uses a few thousand. Each entry is one fp32 product and one cos/sin of it, so a row is the same,
@@ -213,7 +214,8 @@ class Decoder(nn.Module):
             self.register_buffer("rope_sin", torch.empty(0, device=device), persistent=False)
             return
         inv_freq = rope_inv_freq(self.config).to(device)
-        pos = torch.arange(min(rows, self.config.max_position_embeddings), device=device, dtype=torch.float32)
+        pos = torch.arange(min(rows or ROPE_ROWS, self.config.max_position_embeddings), device=device,
+                           dtype=torch.float32)
         freqs = pos[:, None] * inv_freq[None, :]  # (n, D/2), the same fp32 product as transformers
         self.register_buffer("rope_cos", freqs.cos(), persistent=False)
         self.register_buffer("rope_sin", freqs.sin(), persistent=False)

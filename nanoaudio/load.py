@@ -333,6 +333,7 @@ def convert_bin_to_safetensors(folder: Path) -> Path:
     refuses every other global a pickle names (os.system, ...), which is what a malicious .bin would call.
     """
     import pickle
+    import warnings
 
     from safetensors.torch import save_file
 
@@ -340,7 +341,9 @@ def convert_bin_to_safetensors(folder: Path) -> Path:
     src, out = folder / "pytorch_model.bin", folder / "model.safetensors"
     print(f"nanoaudio: converting {src} to {out} (once)", file=sys.stderr)
     try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's pickle-protocol warning would be a second line
+            warnings.simplefilter("ignore")
+            state = torch.load(src, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
         # the refusal's message runs to twenty lines of advice; its first line says what was refused
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

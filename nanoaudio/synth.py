@@ -30,9 +30,12 @@ import torch
 
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE, resample
+from nanoaudio.cli import fraction, int_in, non_negative_int, output_file, positive_int
 
 ACCENTS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029"]  # espeak-ng's English voices
 RATE_WPM = (120, 230)  # espeak-ng's default is 175 words per minute
+RATE_LIMITS = (80, 450)  # what espeak-ng accepts (espeakRATE_MINIMUM, espeakRATE_MAXIMUM in speak_lib.h)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # the formats soundfile picks from a file name
 PITCH = (20, 80)  # 0..100, default 50
 NOISE_SNR_DB = (10.0, 40.0)
 PAUSE_SECONDS = (0.15, 0.8)  # silences cut into an utterance between its words (make_dataset's `pauses`)
@@ -183,7 +186,8 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
                                                      "pauses": pauses}
     if sentences != 0.5:  # (only then: folders written before `sentences` existed are still found)
         recipe["sentences"] = sentences
-    if manifest.exists() and json.loads((folder / "recipe.json").read_text()) == recipe:
+    check_dataset_folder(folder)
+    if manifest.exists() and (folder / "recipe.json").is_file() and _read_recipe(folder) == recipe:
         return manifest
     if exclude is not None and not isinstance(exclude, (set, list, tuple)):
         exclude = [json.loads(line)["text"] for line in open(exclude)]
@@ -210,24 +214,56 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     return manifest
 
 
+def check_dataset_folder(folder) -> None:
+    """make_dataset replaces `folder`: only a missing folder, an empty one or one it wrote itself (its
+    recipe.json is there) may be replaced; anything else is one line, and nothing is deleted."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NanoaudioError(f"{folder}: is a file, not a dataset folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "recipe.json").is_file():
+        raise NanoaudioError(f"{folder}: a folder that holds files but no synth dataset (no recipe.json); "
+                             f"refusing to replace it: choose a new or empty folder")
+
+
+def dataset_folder(text: str) -> str:
+    """The argparse type of --dataset: check_dataset_folder at parse time, before any speech is made."""
+    try:
+        check_dataset_folder(text)
+    except NanoaudioError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _read_recipe(folder: Path):
+    try:
+        return json.loads((folder / "recipe.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged recipe: the dataset is made again
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Synthesize speech with espeak-ng (16 kHz).")
     p.add_argument("text", nargs="?", help="text to speak (one utterance)")
-    p.add_argument("-o", "--out", default="speech.wav", help="output audio file for one utterance")
+    p.add_argument("-o", "--out", default="speech.wav", type=output_file(*AUDIO_SUFFIXES),
+                   help=f"output audio file for one utterance ({', '.join(AUDIO_SUFFIXES)})")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice, e.g. en-us+f3 (see --list-voices)")
-    p.add_argument("--rate", type=int, default=175, help="words per minute")
-    p.add_argument("--pitch", type=int, default=50, help="0..100")
+    p.add_argument("--rate", type=int_in(*RATE_LIMITS), default=175, help="words per minute, %d..%d" % RATE_LIMITS)
+    p.add_argument("--pitch", type=int_in(0, 100), default=50, help="0..100")
     p.add_argument("--list-voices", action="store_true", help="print every voice and exit")
-    p.add_argument("--dataset", help="write a dataset (FLAC + manifest.jsonl) into this folder instead")
-    p.add_argument("-n", type=int, default=100, help="utterances in --dataset")
+    p.add_argument("--dataset", type=dataset_folder,
+                   help="write a dataset (FLAC + manifest.jsonl) into this folder instead")
+    p.add_argument("-n", type=positive_int, default=100, help="utterances in --dataset")
     p.add_argument("--kind", default="mixed", choices=["digits", "sentences", "mixed"], help="--dataset texts")
-    p.add_argument("--seed", type=int, default=0, help="--dataset seed")
-    p.add_argument("--pauses", type=float, default=0.0,
-                   help="--dataset share of utterances spoken as phrases with silences between them")
-    p.add_argument("--sentences", type=float, default=0.5, help="--dataset --kind mixed: share of random sentences")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="--dataset seed")
+    p.add_argument("--pauses", type=fraction, default=0.0,
+                   help="--dataset share of utterances spoken as phrases with silences between them, 0..1")
+    p.add_argument("--sentences", type=fraction, default=0.5,
+                   help="--dataset --kind mixed: share of random sentences, 0..1")
     p.add_argument("--exclude", help="--dataset: a manifest (e.g. the training set's) whose texts must not occur, "
                                      "for a held-out set")
     args = p.parse_args(argv)
+    if args.exclude is not None and not Path(args.exclude).is_file():
+        raise NanoaudioError(f"--exclude {args.exclude}: no such manifest")
     if args.list_voices:
         print("\n".join(voices()))
     elif args.dataset:

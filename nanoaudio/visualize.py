@@ -29,11 +29,14 @@ import torch.nn.functional as F
 
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import HOP_LENGTH, SAMPLE_RATE
+from nanoaudio.cli import check_device, output_file, positive_int
+from nanoaudio.load import DTYPES
 from nanoaudio.tiny import BUNDLED  # the bundled tiny model
 
 TOP_K = 3  # nearest text tokens shown per audio token
 VOCAB_CHUNK = 16384  # embedding rows per cosine matmul: Qwen3's 151k x 4096 never needs a full fp32 copy
 LABEL_CHARS = 8  # token strings are cut to this many characters in the figure
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")  # what savefig writes, chosen by the file name
 
 # (key, label, seconds between consecutive vectors): the stages in data-flow order, None = one audio token
 STAGES = [
@@ -185,7 +188,8 @@ def pyplot():
 
 
 def plot_projection(stats: dict, path, title: str | None = None) -> None:
-    """Draw the figure described in the module docstring from projection_stats' output into `path` (PNG)."""
+    """Draw the figure described in the module docstring from projection_stats' output into `path` (PNG, or
+    PDF/SVG/JPG by its suffix)."""
     plt = pyplot()
     wave, sr = stats["waveform"], stats["sample_rate"]
     seconds = len(wave) / sr
@@ -245,10 +249,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("audio", help="an audio file (any format and sample rate soundfile reads)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder written by train.py (default: bundled tiny)")
-    p.add_argument("-o", "--output", default="projection.png", help="where to write the PNG")
-    p.add_argument("--top-k", type=int, default=TOP_K, help="nearest text tokens shown per audio token")
+    p.add_argument("-o", "--output", default="projection.png", type=output_file(*IMAGE_SUFFIXES),
+                   help=f"where to write the figure ({', '.join(IMAGE_SUFFIXES)})")
+    p.add_argument("--top-k", type=positive_int, default=TOP_K, help="nearest text tokens shown per audio token")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32)")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: float32")
     return p.parse_args(argv)
 
 
@@ -257,13 +262,10 @@ def main(argv=None) -> int:
     from nanoaudio.load import parse_dtype
     from nanoaudio.model import ASRModel
 
-    args = parse_args(argv)
+    args = parse_args(argv)  # numbers, -o's folder and suffix, --dtype: checked here, before any compute
     try:
         pyplot()  # fail before loading a model that may take minutes
-        if args.top_k < 1:
-            raise NanoaudioError(f"--top-k {args.top_k}: must be at least 1")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise NanoaudioError(f"{args.output}: its folder does not exist")
+        check_device(args.device)
         wave = load_audio(args.audio)
         ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED
         if args.checkpoint is None and not BUNDLED.is_dir():
@@ -275,11 +277,13 @@ def main(argv=None) -> int:
         plot_projection(stats, args.output, title=f"{Path(args.audio).name}: {len(wave) / SAMPLE_RATE:.2f} s "
                         f"through {ckpt.name} (k={stats['stack']})")
         print(f"wrote {args.output}")
-    except NanoaudioError as e:
+    except NanoaudioError as e:  # (here as well as in run_cli: the tests call main() and read its status)
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nanoaudio.cli import run_cli
+
+    run_cli(main)  # Ctrl-C: a quiet exit 130
