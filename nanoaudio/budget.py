@@ -32,9 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
+from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.config import DecoderConfig, ProjectorConfig, WhisperEncoderConfig
+from nanoaudio.lora import DEFAULT_TARGETS
 
-SAMPLE_RATE = 16000
 TEXT_TOKENS_PER_SECOND = 4.0  # read speech: ~2.7 words/s (LibriSpeech) x ~1.4 BPE tokens/word, rounded up
 PROMPT_TOKENS = 30  # chat template + instruction around the audio (Qwen3: 25 with the empty think block)
 GiB = 2**30
@@ -237,13 +238,8 @@ def kv_cache_bytes(cfg: DecoderConfig, batch_size: int, tokens: int, s: int) -> 
 
 
 def encoder_frames(enc_cfg, samples: int) -> int:
-    """Frames the conv feature extractor gives for `samples`: each layer maps n -> floor((n - kernel)/stride) + 1."""
-    if isinstance(enc_cfg, WhisperEncoderConfig):
-        return enc_cfg.num_frames(samples)  # the log-mel hop, then conv2's stride (config.py)
-    n = samples
-    for kernel, stride in zip(enc_cfg.conv_kernel, enc_cfg.conv_stride):
-        n = (n - kernel) // stride + 1
-    return max(n, 0)
+    """Frames the encoder gives for `samples` (the arithmetic lives on its config)."""
+    return enc_cfg.num_frames(samples)
 
 
 # -----------------------------------------------------------------------------
@@ -251,7 +247,7 @@ def encoder_frames(enc_cfg, samples: int) -> int:
 
 
 def estimate(decoder_cfg: DecoderConfig, encoder_cfg, projector_cfg: ProjectorConfig, lora_r: int = 8,
-             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), batch_size: int = 8,
+             lora_targets=DEFAULT_TARGETS, batch_size: int = 8,
              audio_seconds: float = 20.0, text_tokens: int | None = None, dtype: str = "bf16",
              grad_checkpointing: bool = False, trainable: str = "lora", lora_dropout: float = 0.05,
              prompt_tokens: int = PROMPT_TOKENS, cuda: bool = True, train_encoder: bool = False) -> Budget:

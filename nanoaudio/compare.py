@@ -24,12 +24,13 @@ import sys
 from pathlib import Path
 
 from nanoaudio import NanoaudioError
-from nanoaudio.budget import GiB, SAMPLE_RATE, decoder_params, encoder_frames, estimate, projector_params
+from nanoaudio.audio import SAMPLE_RATE
+from nanoaudio.budget import GiB, decoder_params, encoder_frames, estimate, projector_params
 from nanoaudio.config import DecoderConfig, ProjectorConfig
+from nanoaudio.lora import DEFAULT_TARGETS, TARGETS
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DECODER_NAMES = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "smollm3-3b", "llama-3.2-1b", "llama-3.2-3b"]
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # The course's Exercise 1 (its configs and its "Expected output": params, frames, ms/frame, compression).
 # Its inputs: SwiGLU, encoder 1280, "llm_dim 2048", and 50 frames per second of audio, floor-divided by k.
@@ -162,7 +163,7 @@ def print_projectors(seconds: float, encoder: str, out=None):
 # Exercise 2: decoders
 
 
-def decoder_rows(names=DECODER_NAMES, lora_r=8, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+def decoder_rows(names=DECODER_NAMES, lora_r=8, lora_targets=DEFAULT_TARGETS,
                  batch_size=8, seconds=20.0, dtype="bf16", encoder="hubert-xlarge", stack=5) -> list[dict]:
     enc = encoder_config(encoder)
     rows = []
@@ -306,7 +307,7 @@ def print_encoders(stack: int = 5, out=None):
         proj = "".join(f" {r['proj'][d]:>18,}" for d in PROJECTOR_DECODERS)
         p(f"{r['name']:<23} {r['params']:>13,} {r['Ce']:>5} {r['layers']:>6} {r['heads']:>5} {r['input']:<20} "
           f"{r['frames_30s']:>6} {r['frames_30s'] / 30:>8.2f} {r['tokens_30s'] / 30:>8.2f}{proj}")
-    p(f"decoder widths from their config.json: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
+    p("decoder widths from their config.json: " + ", ".join(f"{d} {w}" for d, w in widths.items()))
     p("- 1280 dimensions: hubert-xlarge, whisper-large-v3 and -turbo only (turbo = large-v3's encoder shape, its own")
     p("  weights, with a 4-layer decoder); hubert-large 1024, whisper-small 768, -base 512, -tiny 384")
     p("- HuBERT: a conv stack on the waveform, (S - 400) // 320 + 1 frames (1499 in 30 s); Whisper: a log-mel")
@@ -316,8 +317,6 @@ def print_encoders(stack: int = 5, out=None):
 
 # -----------------------------------------------------------------------------
 # command line
-
-
 
 
 def main(argv=None):

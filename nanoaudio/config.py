@@ -434,6 +434,28 @@ class EncoderConfig:
             raise NanoaudioError(f"hidden_size {self.hidden_size} is not a multiple of "
                                  f"num_conv_pos_embedding_groups {self.num_conv_pos_embedding_groups}")
 
+    # frame arithmetic: the one home of the conv stack's lengths (the encoder, budget.py and --trace use it)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between consecutive frames: the product of the strides (320: 20 ms, 50 frames/s)."""
+        return math.prod(self.conv_stride)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame sees (400 = 25 ms for HuBERT): walk back from r = 1, r <- (r - 1) * stride + kernel."""
+        r = 1
+        for k, s in reversed(list(zip(self.conv_kernel, self.conv_stride))):
+            r = (r - 1) * s + k
+        return r
+
+    def num_frames(self, num_samples):
+        """Frames from num_samples samples (an int, or a tensor of lengths): each valid conv maps n -> (n-k)//s+1."""
+        n = num_samples
+        for k, s in zip(self.conv_kernel, self.conv_stride):
+            n = (n - k) // s + 1
+        return n.clamp(min=0) if hasattr(n, "clamp") else max(n, 0)
+
     @classmethod
     def from_hf_config(cls, d: dict, source="config.json") -> "EncoderConfig":
         check_fields(d, cls, ENCODER_RANGES, source, skip=("ctc_head",))  # ctc_head: from "architectures"
@@ -470,7 +492,6 @@ class EncoderConfig:
         # SpecAugment (its learned `masked_spec_embed` vector exists only when a mask prob is > 0) and LayerDrop
         out |= {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "layerdrop": 0.0}
         return out
-
 
 
 @dataclass(frozen=True)

@@ -160,9 +160,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask=None, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)  # pre-norm residual blocks
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, mask=None, cache=None):
+        """Pre-norm residual block, (B, T, C) -> (B, T, C): residual += attn(norm(residual)); residual += mlp(...).
+
+        Each `residual += branch` is done by the norm that reads the sum next (nn.rms_norm with a residual: one
+        read of each, one write of the sum and of the normalized output, fused in the Triton kernel). So a layer
+        takes the previous layer's MLP output x and the residual stream before it (None in the first layer, whose
+        x is the embeddings), and returns its own MLP output and the stream before that."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual=residual)  # residual = residual + x; h = norm(residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin, mask, cache), residual=residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -289,16 +299,23 @@ class Decoder(nn.Module):
         else:
             positions = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
         cos, sin = self.rope(positions, past + T, x.dtype)  # (B or 1, 1, T, D/2)
+        residual = None  # x: the last branch's output, residual: the stream before it (see DecoderLayer)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+                x, residual = checkpoint(layer, x, residual, cos, sin, mask, cache, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x, residual = layer(x, residual, cos, sin, mask, cache)
         if cache is not None:
             cache.pos += T
-        return self.model.norm(x)
+        return self.model.norm(x) if residual is None else self.model.norm(x, residual=residual)[0]
 
     # generation ----------------------------------------------------------------
+
+    def _prompt(self, input_ids, inputs_embeds, eos_token_id):
+        """What generate and beam_search start from: the prompt's embeddings (B, T, C) and the eos ids (a list)."""
+        eos = self.eos_token_ids if eos_token_id is None else eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos)
+        return (self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds), eos
 
     @torch.inference_mode()
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=32, eos_token_id=None, *,
@@ -311,11 +328,9 @@ class Decoder(nn.Module):
         same column) with attention_mask marking the padding. on_token(step, tokens (B,)) is called with
         each new column (streaming).
         """
-        eos = self.eos_token_ids if eos_token_id is None else eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos)
+        x, eos = self._prompt(input_ids, inputs_embeds, eos_token_id)  # (B, T, C)
         pad = pad_token_id if pad_token_id is not None else self.pad_token_id
         pad = pad if pad is not None else (eos[0] if eos else 0)
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         B, T, _ = x.shape
         device = x.device
         if attention_mask is not None and bool(attention_mask.all()):
@@ -356,9 +371,7 @@ class Decoder(nn.Module):
         first W of them. It stops once no live beam scores above the W-th finished one (log-probabilities only
         fall as tokens are added, so none could still beat it). A finished hypothesis keeps its eos id.
         """
-        eos = self.eos_token_ids if eos_token_id is None else eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos)
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (1, T, C)
+        x, eos = self._prompt(input_ids, inputs_embeds, eos_token_id)  # (1, T, C)
         if x.shape[0] != 1:
             raise ValueError(f"beam_search takes one prompt, got a batch of {x.shape[0]}")
         W, K = num_beams, (1 + max(len(eos), 1)) * num_beams
@@ -388,6 +401,12 @@ class Decoder(nn.Module):
             cache.select(rows)
             h = self.hidden_states(tokens[:, None], cache=cache)[:, -1]  # (W, C)
         return [(ids, score) for score, ids in finished]
+
+
+def until_eos(ids: list[int], eos) -> list[int]:
+    """A generated row up to (without) its first eos id: the transcript, without the end-of-turn token or the
+    padding after it."""
+    return next((ids[:i] for i, t in enumerate(ids) if t in eos), ids)
 
 
 # -----------------------------------------------------------------------------

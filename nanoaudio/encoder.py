@@ -10,7 +10,7 @@ Features:
 - the positional embedding is a wide grouped conv (128 taps, 16 groups) trained with weight norm; the
   norm is folded into a plain weight ONCE at load (both spellings: `weight_g/weight_v` and transformers'
   newer `parametrizations.weight.original0/original1`), so forward is an ordinary conv;
-- padded batches: `num_frames` gives the exact frame count of a sample count; frames past a sample's end
+- padded batches: `config.num_frames` gives the exact frame count of a sample count; frames past a sample's end
   are zeroed before the positional conv and masked as attention keys (nanoaudio.nn.attention, kv_lens), so
   every valid frame equals what that sample gives alone (GroupNorm statistics, too, over the real samples);
 - parameter names are transformers' HubertModel names, so a checkpoint loads nearly as is (`hubert.` prefix
@@ -30,25 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoaudio import NanoaudioError
-from nanoaudio.audio import CONV_KERNEL, CONV_STRIDE, receptive_field
 from nanoaudio.config import EncoderConfig
 from nanoaudio.load import (DTYPES, ENCODERS, convert_bin_to_safetensors, load_state, parse_dtype, read_json,
                             read_tensors, resolve, safetensors_files)
 from nanoaudio.nn import attention
 from nanoaudio.whisper import WhisperEncoder, load_whisper_encoder
-
-
-def num_frames(num_samples: int, conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE) -> int:
-    """Frames the conv feature extractor makes of num_samples: each layer maps n -> (n - kernel) // stride + 1.
-
-    (transformers' _get_feat_extract_output_lengths.) 16 kHz: 400 samples -> 1 frame, then +1 per 320.
-    """
-    n = int(num_samples)
-    for k, s in zip(conv_kernel, conv_stride):
-        n = (n - k) // s + 1
-        if n <= 0:
-            return 0
-    return n
 
 
 # -----------------------------------------------------------------------------
@@ -288,14 +274,11 @@ class HubertEncoder(nn.Module):
     # frame arithmetic ------------------------------------------------------------
 
     def num_frames(self, num_samples: int) -> int:
-        return num_frames(num_samples, self.config.conv_kernel, self.config.conv_stride)
+        return self.config.num_frames(num_samples)
 
     def frame_lengths(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, S) right-padding mask -> (B,) valid frames per sample."""
-        n = attention_mask.sum(-1).long()
-        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
-            n = torch.div(n - k, s, rounding_mode="floor") + 1
-        return n.clamp(min=0)
+        return self.config.num_frames(attention_mask.sum(-1).long())
 
     def frame_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, S) sample mask (1 = real) -> (B, F) bool, True for frames computed from real samples only."""
@@ -309,7 +292,7 @@ class HubertEncoder(nn.Module):
         S = waveform.shape[1]
         if self.num_frames(S) == 0:
             raise NanoaudioError(f"waveform of {S} samples is shorter than one encoder frame "
-                                 f"({receptive_field(self.config.conv_kernel, self.config.conv_stride)} samples)")
+                                 f"({self.config.receptive_field} samples)")
         sample_lengths = lengths = None
         if attention_mask is not None:
             sample_lengths = attention_mask.sum(-1).long()

@@ -1,8 +1,9 @@
 """Checkpoints in, modules out: find a checkpoint folder, read its config.json and its raw safetensors.
 
 - `resolve(name_or_path, ...)`: a local folder, a short name (`qwen3-8b`, `hubert-xlarge`, ...) or a hub id.
-  Only names and ids are downloaded (huggingface_hub, only the files we need); offline, the error says what to
-  download and where to put it.
+  Only names and ids are downloaded (`hub_download`: huggingface_hub, only the files we need, every call with a
+  timeout); offline, or when the hub does not answer, the error says what to download and where to put it.
+- `require_folder(path)`: "no such checkpoint folder", before any file inside it is looked for.
 - `read_tensors(folder, ...)`: reads `model.safetensors` or the shards listed in `model.safetensors.index.json`.
   The safetensors format is simple enough to read by hand: 8 bytes of little-endian header length, a JSON
   header {name: {dtype, shape, data_offsets}}, then the raw bytes. Each tensor is read straight into its own
@@ -13,6 +14,8 @@
   and plain containers and refuses any other object, so a malicious file is a one-line error, not code run.
 - `load_state(model, tensors, source)`: strict loading: every tensor used, every parameter filled, every
   shape checked; errors name the file, the key and the shapes.
+- `atomic_dir(path)`: a checkpoint folder appears complete or not at all; `remove_stale_tmp(folder)` clears what
+  a save killed half-way left behind.
 """
 
 import json

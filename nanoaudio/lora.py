@@ -31,6 +31,7 @@ from torch import nn
 from nanoaudio import NanoaudioError
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the decoder's linears
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # the course's: the attention projections
 PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model: two wrappers' names
 
 
@@ -91,7 +92,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_lora(model: nn.Module, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r: int = 8, alpha: float = 16,
+def apply_lora(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 8, alpha: float = 16,
                dropout: float = 0.05) -> nn.Module:
     """Wrap every nn.Linear whose attribute name is in `targets` in a LoRALinear; freeze everything else."""
     targets = (targets,) if isinstance(targets, str) else tuple(targets)

@@ -28,7 +28,7 @@ Checkpoint layout (one folder, written atomically, see load.atomic_dir):
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,8 +37,10 @@ from torch import nn
 
 from nanoaudio import NanoaudioError
 from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig
+from nanoaudio.decoder import until_eos
 from nanoaudio.load import atomic_dir, load_state, read_json, read_tensors
 from nanoaudio.text import normalize_text
+from nanoaudio.tokenizer import FAMILY_OF_MODEL_TYPE
 
 INSTRUCTION = "Transcribe the speech to text"
 AUDIO_MARKER = "\x00audio\x00"  # splits the rendered prompt; never reaches the tokenizer
@@ -59,8 +61,7 @@ class ASRConfig:
     train_encoder: bool = False  # the tiny preset trains its encoder; real recipes freeze HuBERT
     ctc_weight: float = 0.0  # auxiliary CTC loss on the encoder frames (tiny preset: 0.5)
     instruction: str = INSTRUCTION
-    window_seconds: float = 30.0  # longest audio the model sees at once; sample.py chunks longer files
-    extra: dict = field(default_factory=dict)
+    window_seconds: float = 30.0  # longest audio the model sees at once; longer files are cut (decoding.py)
 
 
 def ctc_targets(text: str) -> list[int]:
@@ -102,9 +103,22 @@ class ASRModel(nn.Module):
         super().__init__()
         self.encoder, self.projector, self.decoder = encoder, projector, decoder
         self.tokenizer, self.config = tokenizer, config
-        self.family = {"qwen3": "qwen3", "smollm3": "smollm3", "llama": "llama3"}[decoder.config.model_type]
-        if not config.train_encoder:
-            self.encoder.requires_grad_(False)
+        self.family = FAMILY_OF_MODEL_TYPE[decoder.config.model_type]
+        self.set_trainable()
+
+    def set_trainable(self, encoder: bool | None = None):
+        """Which parameters train: the one place this is decided (building, loading, resuming, stage switches).
+
+        The projector always; the decoder's LoRA adapters, or the whole decoder when trained from scratch; the
+        encoder when the config trains it (the tiny preset), or as `encoder` says (train.py's stages)."""
+        self.requires_grad_(False)
+        self.projector.requires_grad_(True)
+        if self.config.from_scratch:
+            self.decoder.requires_grad_(True)
+        for name, p in self.decoder.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+        self.encoder.requires_grad_(self.config.train_encoder if encoder is None else encoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -163,7 +177,9 @@ class ASRModel(nn.Module):
     # training ------------------------------------------------------------------
 
     def forward(self, waveform, attention_mask, transcripts: list[str], lm: bool = True):
-        """-> dict(loss, per_sample (B,), lm_loss, ctc_loss). loss = lm_loss + ctc_weight * ctc_loss.
+        """-> dict(lm_loss, ctc_loss, per_sample (B,), loss), each loss on its own: lm_loss is the decoder's mean
+        over label tokens, ctc_loss the encoder's CTC loss (None when config.ctc_weight is 0), and
+        loss = lm_loss + ctc_weight * ctc_loss, their sum for a plain training step.
 
         lm=False: the encoder alone, on its CTC loss (lm_loss and per_sample are 0; the decoder never runs).
         """
@@ -188,7 +204,7 @@ class ASRModel(nn.Module):
         n_labels = where.sum(1)  # (B,)
         per_sample = torch.zeros(len(transcripts), device=nll.device).index_add(0, rows, nll) / n_labels.clamp(min=1)
         lm_loss = nll.mean()  # mean over every label token of the batch
-        out = {"lm_loss": lm_loss, "per_sample": per_sample, "loss": lm_loss}
+        out = {"lm_loss": lm_loss, "per_sample": per_sample, "loss": lm_loss, "ctc_loss": None}
         if self.config.ctc_weight > 0:
             out["ctc_loss"] = self.ctc_loss(frames, frame_mask, transcripts)
             out["loss"] = lm_loss + self.config.ctc_weight * out["ctc_loss"]
@@ -226,11 +242,7 @@ class ASRModel(nn.Module):
         eos = self.decoder.eos_token_ids
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     eos_token_id=eos, on_token=on_token)  # (B, N) new tokens only
-        result = []
-        for row in out.tolist():
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            result.append(row[:cut])
-        return result
+        return [until_eos(row, eos) for row in out.tolist()]
 
     @torch.inference_mode()
     def nbest(self, waveform, attention_mask=None, num_beams: int = 4, max_new_tokens: int = 128, ctc: bool = True):
@@ -255,7 +267,7 @@ class ASRModel(nn.Module):
             hyps = []
             for ids, score in self.decoder.beam_search(inputs_embeds=embeds, max_new_tokens=max_new_tokens,
                                                        num_beams=num_beams, eos_token_id=eos):
-                ids = ids[:-1] if ids and ids[-1] in eos else ids
+                ids = until_eos(ids, eos)
                 hyps.append((ids, score, self.ctc_log_prob(frames_b, ids) if ctc else 0.0))
             result.append(hyps)
         return result
@@ -267,22 +279,14 @@ class ASRModel(nn.Module):
                          reduction="sum")
         return -nll.item()
 
-    def transcribe(self, audio, max_new_tokens: int = 128, batch_size: int = 8, num_beams: int = 1,
-                   ctc_weight: float = 0.0) -> list[str]:
-        """Paths or 1-D 16 kHz waveforms -> transcripts (greedy with a KV cache; num_beams, ctc_weight: see
-        generate_ids)."""
-        from nanoaudio.audio import batch_audio, load_audio
+    def transcribe(self, audio, options=None, **overrides) -> list[str]:
+        """Paths or 1-D 16 kHz waveforms -> transcripts, as sample.py makes them: long audio cut into windows in
+        its pauses and stitched; by default 8 beams ranked with the CTC head. options: a
+        decoding.DecodingOptions; overrides change its fields (transcribe(files, beams=1) is greedy)."""
+        from nanoaudio.decoding import DecodingOptions, transcribe
 
-        waves = [load_audio(a) if isinstance(a, (str, Path)) else torch.as_tensor(a, dtype=torch.float32)
-                 for a in audio]
-        device = next(self.decoder.parameters()).device
-        texts = []
-        for i in range(0, len(waves), batch_size):
-            wave, mask = batch_audio(waves[i:i + batch_size])
-            for ids in self.generate_ids(wave.to(device), mask.to(device), max_new_tokens, num_beams=num_beams,
-                                         ctc_weight=ctc_weight):
-                texts.append(self.tokenizer.decode(ids).strip())
-        return texts
+        options = dataclasses.replace(options or DecodingOptions(), **overrides)
+        return transcribe(self, audio, options)
 
     # checkpoints -----------------------------------------------------------------
 
@@ -331,6 +335,8 @@ class ASRModel(nn.Module):
 
         folder = require_folder(folder)
         raw = read_json(folder / "config.json")
+        if isinstance(raw, dict) and raw.get("extra") == {}:
+            del raw["extra"]  # an always-empty field that checkpoints of nanoaudio 0.1 carry
         check_asr_config(raw, folder / "config.json", ASRConfig)  # types, ranges, required and unknown keys
         config = ASRConfig(**raw)
         if dtype is None and config.from_scratch:

@@ -64,7 +64,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         from nanoaudio.kernels.rmsnorm import MAX_N
         from nanoaudio.kernels.rmsnorm import rms_norm as rms_norm_triton
 
-        if x.shape[-1] <= MAX_N:  # the kernel keeps a whole row in registers; longer rows fall through
+        # the kernel keeps a whole row in registers (longer rows fall through), and adds a residual of x's own
+        # dtype (under autocast a bf16 branch output can meet an fp32 stream: PyTorch promotes that sum)
+        if x.shape[-1] <= MAX_N and (residual is None or residual.dtype == x.dtype):
             return rms_norm_triton(x, weight, eps, residual)
     if residual is not None:
         x = x + residual  # the new residual stream, in the activation dtype

@@ -20,6 +20,7 @@ import torch
 
 import sample
 from nanoaudio.audio import SAMPLE_RATE
+from nanoaudio.decoding import overlap_seconds, stitch, window_bounds
 from nanoaudio.projector import num_tokens
 
 pytest.importorskip("espeakng_loader")
@@ -59,8 +60,8 @@ def bundled():
 def test_the_cli_prints_what_the_bundled_model_transcribes(clips, bundled):
     code, out, err = run(clips / "a.wav")
     assert code == 0, err
-    # the default decoding: sample.BEAMS beams, ranked with the CTC head at weight sample.CTC_WEIGHT
-    assert out.strip() == bundled.transcribe([clips / "a.wav"], num_beams=sample.BEAMS, ctc_weight=sample.CTC_WEIGHT)[0]
+    # the library's default decoding (8 beams ranked with the CTC head), the one path both go through
+    assert out.strip() == bundled.transcribe([clips / "a.wav"])[0]
     assert "bundled tiny model" in err  # the one-line notice of what it can and cannot do
     assert len(err.strip().splitlines()) == 1
 
@@ -99,9 +100,9 @@ def test_eval_reports_the_wer_and_the_default_beams_know_held_out_sentences(tmp_
 
     refs, audio = [r["text"] for r in rows], [manifest.parent / r["audio"] for r in rows]
     greedy = wer_of("--beams", "1")
-    assert greedy == pytest.approx(jiwer.wer(refs, bundled.transcribe(audio)), abs=5e-5)  # printed to 0.01 %
+    assert greedy == pytest.approx(jiwer.wer(refs, bundled.transcribe(audio, beams=1)), abs=5e-5)  # printed to 0.01 %
     beams = wer_of()  # the default: 8 beams rescored with the encoder's CTC head
-    hyps = bundled.transcribe(audio, num_beams=sample.BEAMS, ctc_weight=sample.CTC_WEIGHT)
+    hyps = bundled.transcribe(audio)
     assert beams == pytest.approx(jiwer.wer(refs, hyps), abs=5e-5)
     assert beams <= MAX_SENTENCE_WER and beams < greedy
 
@@ -136,12 +137,19 @@ def test_stream_prints_the_final_text(clips):
     assert streamed.strip() == greedy.strip()
 
 
-@pytest.mark.parametrize("flags", [["--stream", "--beams", "4"], ["--beams", "0"], ["--ctc-weight", "1.5"]])
+@pytest.mark.parametrize("flags", [["--stream", "--beams", "4"], ["--beams", "0"], ["--ctc-rescore", "1.5"],
+                                   ["--ctc-weight", "1.5"], ["--stream", "--json"]])
 def test_bad_decoding_flags_are_one_line_usage_errors(clips, flags):
     code, out, err = run(clips / "c.wav", *flags)
     last = err.strip().splitlines()[-1]  # argparse: the usage, then one line naming the problem
     assert code == 2 and not out and "Traceback" not in err
     assert "error:" in last and flags[-2] in last
+
+
+def test_ctc_weight_is_the_old_name_of_ctc_rescore(clips):
+    code, old, err = run(clips / "c.wav", "--ctc-weight", "0.2")
+    assert code == 0 and "--ctc-weight is now --ctc-rescore" in err
+    assert old == run(clips / "c.wav", "--ctc-rescore", "0.2")[1]
 
 
 def test_stdin(clips):
@@ -165,16 +173,16 @@ def test_trace_counts_equal_the_formulas(tmp_path, n, bundled):
 
 
 def test_stitch_keeps_overlapping_words_once():
-    assert sample.stitch(["one two three four", "three four five six"]) == "one two three four five six"
+    assert stitch(["one two three four", "three four five six"]) == "one two three four five six"
     # a word cut at a chunk edge is garbled on one side: the stitch cuts inside the agreeing run
-    assert sample.stitch(["one two three four fi", "ee three four five six", "five six seven"]) == \
+    assert stitch(["one two three four fi", "ee three four five six", "five six seven"]) == \
         "one two three four five six seven"
-    assert sample.stitch(["a b", "c d"]) == "a b c d"  # nothing in common: concatenate
-    assert sample.stitch(["", "x y"]) == "x y"
-    assert sample.stitch(["seven"]) == "seven"
+    assert stitch(["a b", "c d"]) == "a b c d"  # nothing in common: concatenate
+    assert stitch(["", "x y"]) == "x y"
+    assert stitch(["seven"]) == "seven"
     # a lone common word far from the seam is a coincidence: the run nearest the seam wins, nothing is lost
-    assert sample.stitch(["one two one three eight one four", "four five"]) == "one two one three eight one four five"
-    assert sample.stitch(["six one two three nine", "three nine one seven", "seven eight"]) == \
+    assert stitch(["one two one three eight one four", "four five"]) == "one two one three eight one four five"
+    assert stitch(["six one two three nine", "three nine one seven", "seven eight"]) == \
         "six one two three nine one seven eight"
 
 
@@ -185,14 +193,13 @@ def test_chunks_cut_in_pauses_and_overlap():
     g = torch.Generator().manual_seed(0)
     for s in range(0, len(wave), period):
         wave[s:s + word] = 0.1 * torch.randn(len(wave[s:s + word]), generator=g)
-    bounds = sample.chunk_bounds(wave, 8.0, 2.0)
+    bounds = window_bounds(wave, 8.0, 2.0)
     assert len(bounds) >= 3 and bounds[0][0] == 0 and bounds[-1][1] == len(wave)  # the whole file is covered
     for (s0, e0), (s1, e1) in zip(bounds, bounds[1:]):
         assert e0 - s0 <= 8 * SAMPLE_RATE
         assert s0 < s1 < e0 and e0 - s1 <= 2 * SAMPLE_RATE  # consecutive windows share at most 2 s
         assert e0 % period >= word and s1 % period >= word  # and both ends of what they share are in pauses
-    assert [len(p) for p in sample.chunks(wave, 8.0, 2.0)] == [e - s for s, e in bounds]
-    assert sample.chunk_bounds(wave[:SAMPLE_RATE], 8.0, 2.0) == [(0, SAMPLE_RATE)]
+    assert window_bounds(wave[:SAMPLE_RATE], 8.0, 2.0) == [(0, SAMPLE_RATE)]
 
 
 def speak_with_pauses(texts, pause_s=0.3):
@@ -210,13 +217,14 @@ def test_long_file_is_chunked_and_stitched(tmp_path, bundled):
     wave = speak_with_pauses(texts)
     sf.write(tmp_path / "long.wav", wave.numpy(), SAMPLE_RATE)
     window = bundled.config.window_seconds
-    pieces = sample.chunks(wave, window, min(sample.OVERLAP_SECONDS, sample.OVERLAP_FRACTION * window))
+    pieces = [wave[s:e] for s, e in window_bounds(wave, window, overlap_seconds(window))]
     assert len(pieces) >= 3 and len(wave) / SAMPLE_RATE > 2 * window
     code, out, err = run(tmp_path / "long.wav")
     assert code == 0, err
     # the CLI's transcript is the stitch of each window's own transcript (the seam logic: test_stitch_*)
-    assert out.strip() == sample.stitch(bundled.transcribe(pieces, batch_size=1, num_beams=sample.BEAMS,
-                                                           ctc_weight=sample.CTC_WEIGHT))
+    assert out.strip() == stitch(bundled.transcribe(pieces, batch_size=1))
+    # the library gives the same transcript, from the file and from the waveform in memory
+    assert bundled.transcribe([tmp_path / "long.wav"])[0] == out.strip() == bundled.transcribe([wave])[0]
     # ... and it is the speech: no run of words lost or repeated at a seam (measured: WER 0; the model before
     # synth's pauses were in its training data, 0.125-0.17: words heard in a pause, or lost after one)
     assert wer([" ".join(texts)], [out.strip()]) <= 0.15
