@@ -536,6 +536,29 @@ def test_a_silent_hub_times_out_with_one_line(tmp_path):
     assert seconds < timeout + 6, seconds  # the timeout plus the hub client's one-time setup (~1-3 s here)
 
 
+@pytest.mark.parametrize("offline", ["0", "1"])
+def test_a_silent_hub_or_offline_mode_uses_what_the_cache_holds(tmp_path, offline):
+    sha = "a" * 40  # a cache laid out as huggingface_hub writes it: refs/main -> snapshots/<sha>/<files>
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-model"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env |= {"HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}", "HF_HUB_ETAG_TIMEOUT": "2",
+                "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": offline, "PYTHONPATH": str(ROOT)}
+        code = "from nanoaudio.load import hub_download\nprint(hub_download('someone/tiny-model', ['*.json']))"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == repo / "snapshots" / sha
+
+
 # -----------------------------------------------------------------------------
 # audio cut off mid-file, unreadable audio
 
