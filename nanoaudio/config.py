@@ -138,8 +138,15 @@ def check_asr_config(raw, source, cls) -> None:
             raise NanoaudioError(f"{source}: {part}.name is null, but from_scratch is false: the {part}'s weights "
                                  f"are not in this checkpoint and nothing says where they are")
     DecoderConfig.from_hf_config(raw["decoder"]["config"], source=f"{source}: decoder.config")
-    if raw["encoder"]["config"].get("model_type", "hubert") == "hubert":  # other encoders check their own
-        EncoderConfig.from_hf_config(raw["encoder"]["config"], source=f"{source}: encoder.config")
+    encoder, where = raw["encoder"]["config"], f"{source}: encoder.config"
+    if encoder.get("model_type", "hubert") == "hubert":
+        EncoderConfig.from_hf_config(encoder, source=where)
+    elif encoder.get("model_type") == "whisper":
+        check_fields(encoder, WhisperEncoderConfig, WHISPER_RANGES, where)
+        WhisperEncoderConfig.from_hf_config(encoder, source=where)
+    else:
+        raise NanoaudioError(f"{where}: model_type {_json(encoder.get('model_type'))} is not an encoder nanoaudio "
+                             f"builds (hubert or whisper)")
     unknown = [k for k in raw["projector"] if k not in ProjectorConfig.__dataclass_fields__]
     if unknown:
         raise NanoaudioError(f"{source}: projector: unknown key(s) {', '.join(map(repr, unknown))}")
@@ -154,6 +161,12 @@ def check_asr_config(raw, source, cls) -> None:
                 raise NanoaudioError(f"{source}: lora.{key}: {_json(lora[key])} is not {what}")
 
 
+WHISPER_RANGES = {  # WhisperEncoderConfig's fields (below)
+    **{k: "> 0" for k in ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                          "max_source_positions")},
+    **{k: "in [0, 1)" for k in ("dropout", "attention_dropout", "activation_dropout")},
+    "init_std": ">= 0",
+}
 LORA_RULES = {  # apply_lora's arguments (lora.py)
     "r": (lambda x: _has_type(x, int) and x > 0, "an integer > 0"),
     "alpha": (lambda x: _has_type(x, float) and x > 0, "a number > 0"),
