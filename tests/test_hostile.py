@@ -24,7 +24,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +76,9 @@ def tone(path: Path, seconds=1.0, sr=16000, subtype="PCM_16", fmt=None):
 def test_argparse_types_name_the_allowed_range():
     assert positive_int("3") == 3 and non_negative_int("0") == 0 and positive_float("0.5") == 0.5
     assert fraction("1") == 1.0 and int_in(80, 450)("80") == 80 and float_in(0, 1, hi_open=True)("0") == 0.0
-    for parse, text, words in [(positive_int, "0", ">= 1"), (positive_int, "-2", ">= 1"), (positive_int, "2.5", "integer"),
-                               (non_negative_int, "-1", ">= 0"), (positive_float, "0", "> 0"),
+    for parse, text, words in [(positive_int, "0", ">= 1"), (positive_int, "-2", ">= 1"),
+                               (positive_int, "2.5", "integer"), (non_negative_int, "-1", ">= 0"),
+                               (positive_float, "0", "> 0"),
                                (positive_float, "nan", "finite"), (positive_float, "inf", "finite"),
                                (positive_float, "x", "number"), (fraction, "1.5", "[0, 1]"),
                                (int_in(0, 100), "101", "[0, 100]"), (float_in(0, 1, hi_open=True), "1", "[0, 1)")]:
