@@ -214,7 +214,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
     header.pop("__metadata__", None)
     start = 8 + n
     end_of_previous = 0
-    for key, info in sorted(header.items(), key=lambda kv: _begin(kv[1])):
+    for key, info in sorted(header.items(), key=lambda kv: _span(kv[1])):
         where = f"{path}: tensor {key!r}"
         if not isinstance(info, dict):
             raise NanoaudioError(f"{where}: its header entry is a JSON {type(info).__name__}, not an object")
@@ -250,13 +250,14 @@ def _is_count(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0  # JSON true would pass isinstance(x, int)
 
 
-def _begin(info) -> int:
-    """Sort key: where a header entry's bytes begin (entries too broken to say sort first, to be reported)."""
+def _span(info) -> tuple[int, int]:
+    """Sort key: a header entry's (begin, end) in bytes, so an empty tensor sorts before the one starting at its
+    offset; entries too broken to say sort first, to be reported."""
     try:
-        begin = info["data_offsets"][0]
-        return begin if _is_count(begin) else -1
-    except (TypeError, KeyError, IndexError):
-        return -1
+        begin, end = info["data_offsets"]
+        return (begin, end) if _is_count(begin) and _is_count(end) else (-1, -1)
+    except (TypeError, KeyError, ValueError):
+        return (-1, -1)
 
 
 def safetensors_files(folder: Path) -> list[Path]:

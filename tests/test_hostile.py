@@ -264,7 +264,7 @@ def lie(header, case):
 HEADER_LIES = {  # case: words the message must contain (besides the file's path)
     "shape-larger-than-data": ["'a'", "needs 240000 bytes"],
     "reversed-offsets": ["'a'", "end before they begin"],
-    "overlapping-offsets": ["'b'", "overlap"],
+    "overlapping-offsets": ["overlap", "tensor '"],
     "offsets-past-the-file": ["'b'", "truncated"],
     "list-instead-of-object": ["not an object"],
     "entry-is-a-list": ["'a'", "not an object"],
