@@ -265,7 +265,10 @@ def safetensors_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map", {})
+        weight_map = read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise NanoaudioError(f"{index}: no \"weight_map\" object of tensor name -> file name")
         files = sorted({folder / f for f in weight_map.values()})
         for f in files:
             if not f.is_file():

@@ -290,6 +290,13 @@ def test_safetensors_headers_that_lie_are_one_line(honest, case):
         assert words in msg, msg
 
 
+@pytest.mark.parametrize("index", [[], {}, {"weight_map": ["model.safetensors"]}, {"weight_map": {"a": 5}}])
+def test_a_shard_index_that_is_not_a_weight_map_is_one_line(tmp_path, index):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(NanoaudioError, match="index.json: no \"weight_map\" object"):
+        read_tensors(tmp_path)
+
+
 # -----------------------------------------------------------------------------
 # a malicious pytorch_model.bin
 
