@@ -277,15 +277,11 @@ class ParquetDataset(Dataset):
 
 
 def _download(repo: str, split: str | None) -> Path:
-    pattern = f"*{split}*.parquet" if split else "*.parquet"  # fnmatch: `*` also crosses folders
-    try:
-        from huggingface_hub import snapshot_download
+    from nanoaudio.load import hub_download
 
-        return Path(snapshot_download(repo, repo_type="dataset", allow_patterns=pattern))
-    except Exception as e:  # offline, no such dataset, gated...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NanoaudioError(f"{repo}: no such file or folder, and could not download it as a Hugging Face "
-                             f"dataset ({reason[:160]})") from None
+    pattern = f"*{split}*.parquet" if split else "*.parquet"  # fnmatch: `*` also crosses folders
+    # hub_download: a timeout on every call, one line naming the repo when it fails (offline, no such dataset...)
+    return hub_download(repo, [pattern], repo_type="dataset", name=f"{repo} (no such file or folder either)")
 
 
 def open_dataset(spec: str) -> Dataset:

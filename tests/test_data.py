@@ -139,24 +139,28 @@ def test_parquet_hf_layout_and_split(tmp_path):
 def test_hub_id_downloads_parquet_only(tmp_path, monkeypatch):
     import huggingface_hub
 
+    import nanoaudio.load
+
     flacs = [write_audio(tmp_path / f"{i}.flac", 0.2, seed=i) for i in range(2)]
     snapshot = tmp_path / "snapshot"
     write_parquet(snapshot / "clean" / "train.100" / "0000.parquet", flacs, ["a", "b"])
     calls = []
 
-    def fake_snapshot_download(repo_id, **kw):
-        calls.append((repo_id, kw))
-        return str(snapshot)
+    def fake_hub_download(repo, patterns, repo_type="model", name=None):
+        calls.append((repo, patterns, repo_type))
+        return snapshot
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(nanoaudio.load, "hub_download", fake_hub_download)
     ds = open_dataset("openslr/librispeech_asr:train.100")
     assert len(ds) == 2 and [ex.text for ex in ds] == ["a", "b"]
-    assert calls == [("openslr/librispeech_asr", {"repo_type": "dataset", "allow_patterns": "*train.100*.parquet"})]
+    assert calls == [("openslr/librispeech_asr", ["*train.100*.parquet"], "dataset")]
 
-    def offline(repo_id, **kw):
+    def offline(*args, **kw):
         raise OSError("no network")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.undo()
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", offline)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(NanoaudioError, match="owner/name.*no network"):
         open_dataset("owner/name")
 

@@ -280,3 +280,75 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path):
     code, out, err = run(tmp_path / "x.wav", "--checkpoint", tmp_path / "nope")
     assert code == 1 and err.strip().startswith("error:") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -----------------------------------------------------------------------------
+# bad values (issue 29): one `error:` line naming the flag or the file, no traceback, nothing on stdout
+
+
+def speak_long(seconds=9.0):
+    """'four two seven', a pause, again and again: at least `seconds` of speech."""
+    phrase = speak_with_pauses(["four two seven"])
+    return phrase.repeat(int(seconds * SAMPLE_RATE / len(phrase)) + 1)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, clips):
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "empty").mkdir()
+    (folder / "no-audio").mkdir()
+    (folder / "no-audio" / "notes.txt").write_text("no audio here")
+    sf.write(folder / "long.wav", speak_long().numpy(), SAMPLE_RATE)
+    (folder / "missing.jsonl").write_text(json.dumps({"audio": str(folder / "gone.wav"), "text": "one"}) + "\n")
+    return folder
+
+
+CLI_CASES = {  # name -> (arguments, what the error line names); {c}: the clips folder, {h}: the hostile folder
+    "batch-size -2": (["{c}/a.wav", "--batch-size", "-2"], "argument --batch-size"),
+    "batch-size 0": (["{c}/a.wav", "--batch-size", "0"], "argument --batch-size"),
+    "max-new-tokens 0": (["{c}/a.wav", "--max-new-tokens", "0"], "argument --max-new-tokens"),
+    "max-new-tokens -3": (["{c}/a.wav", "--max-new-tokens", "-3"], "argument --max-new-tokens"),
+    "window 0": (["{c}/a.wav", "--window", "0"], "argument --window"),
+    "window 0.05": (["{c}/a.wav", "--window", "0.05"], "argument --window"),
+    "window -1": (["{c}/a.wav", "--window", "-1"], "argument --window"),
+    "window 1000": (["{h}/long.wav", "--window", "1000"], "window of 1000 s"),
+    "device cuda": (["{c}/a.wav", "--device", "cuda"], "--device cuda"),
+    "device cuda:1": (["{c}/a.wav", "--device", "cuda:1"], "--device cuda:1"),
+    "device mps": (["{c}/a.wav", "--device", "mps"], "--device mps"),
+    "empty folder": (["{h}/empty"], "{h}/empty"),
+    "folder without audio": (["{h}/no-audio"], "{h}/no-audio"),
+    "eval, all audio missing": (["--eval", "{h}/missing.jsonl"], "{h}/missing.jsonl"),
+    "trace on an empty folder": (["{h}/empty", "--trace"], "{h}/empty"),
+    "checkpoint that does not exist": (["{c}/a.wav", "--checkpoint", "{h}/nope"], "{h}/nope"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_bad_values_are_one_error_line(case, clips, hostile):
+    if "cuda" in case and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args, says = CLI_CASES[case]
+    fill = {"c": clips, "h": hostile}
+    code, out, err = run(*[a.format(**fill) for a in args])
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code in (1, 2) and "Traceback" not in err and not out.strip(), err
+    assert len(errors) == 1 and says.format(**fill) in errors[0], err
+
+
+def test_json_writes_a_record_for_a_file_that_failed(clips, tmp_path):
+    code, out, err = run(clips / "a.wav", tmp_path / "missing.wav", "--json")
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 1 and [Path(r["path"]).name for r in rows] == ["a.wav", "missing.wav"]
+    assert "text" in rows[0] and "missing.wav" in rows[1]["error"] and "text" not in rows[1]
+
+
+def test_a_folder_of_long_files_is_transcribed_one_file_at_a_time(tmp_path):
+    # the peak memory of a folder of long files is close to one file's: files are read as they are transcribed
+    wave = speak_long(60.0)
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", wave.numpy(), SAMPLE_RATE)
+    sf.write(tmp_path.parent / "one.wav", wave.numpy(), SAMPLE_RATE)
+    _, one_mb = peak_rss_mb(tmp_path.parent / "one.wav", "--beams", "1")
+    out, four_mb = peak_rss_mb(tmp_path, "--beams", "1")
+    assert len(out.strip().splitlines()) == 4
+    assert four_mb < one_mb + 40, (one_mb, four_mb)  # four files' samples held at once would add 4 x 3.8 MB + copies

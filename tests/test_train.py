@@ -465,3 +465,151 @@ def test_tiny_first_conv_starts_as_a_mel_filterbank():
     assert (peaks[1::2][high] - centres[high]).abs().max() < 15
     assert (peaks.diff()[1::2][high[:-1] & high[1:]] > 0).all()  # rising from one frequency to the next
     assert (rows[0::2] * rows[1::2]).sum(1).abs()[high].max() < 0.05
+
+
+# -----------------------------------------------------------------------------
+# the plan of each step (train.plan): a pure function of the step, the run's progress and the stage-2 step
+
+
+def plans(args, steps, start=0, stage2=None, train_encoder=True):
+    """The plans of steps start..steps-1 of a run whose progress is step / steps (no --minutes)."""
+    out = []
+    for step in range(start, steps):
+        p = train.plan(step, step / steps, stage2, args, train_encoder)
+        stage2 = p.stage2
+        out.append(p)
+    return out
+
+
+def test_plan_one_stage_with_a_curriculum():
+    args = train.parse_args(["--lr", "1e-3", "--warmup", "2", "--easy-steps", "3"])
+    run = plans(args, 10)
+    assert [p.lr for p in run] == [train.lr_at(s, s / 10, 2, 1e-3) for s in range(10)]
+    assert [p.easy for p in run] == [True] * 3 + [False] * 7  # the curriculum: the first --easy-steps steps
+    assert all(p.lm and p.stage2 is None and p.encoder_lr == p.lr for p in run)
+    assert all(p.encoder_trains for p in run) and not any(p.encoder_trains for p in plans(args, 10, train_encoder=False))
+
+
+def test_plan_two_stages_switch_rejoin_and_curriculum():
+    args = train.parse_args(["--lr", "1e-3", "--warmup", "2", "--encoder-first", "0.4", "--easy-steps", "3",
+                             "--encoder-rejoin", "4", "--rejoin-lr-scale", "0.5"])
+    run = plans(args, 20)
+    # stage 1 (progress < 0.4: steps 0-7): the encoder alone, its own warmup + cosine over 40 % of the run
+    assert all(p.stage2 is None and not p.lm and not p.easy and p.encoder_trains for p in run[:8])
+    assert [p.lr for p in run[:8]] == [train.lr_at(s, s / 20 / 0.4, 2, 1e-3) for s in range(8)]
+    # stage 2 from step 8: warmup again, the decoder reads the curriculum for 3 steps on a frozen encoder...
+    assert all(p.stage2 == 8 and p.lm for p in run[8:])
+    assert [p.lr for p in run[8:]] == [train.lr_at(s - 8, (s / 20 - 0.4) / 0.6, 2, 1e-3) for s in range(8, 20)]
+    assert run[8].lr == pytest.approx(1e-3 / 2)  # the first warmup step again
+    assert [p.easy for p in run[8:]] == [True] * 3 + [False] * 9
+    # ... and the encoder rejoins 4 steps into stage 2, at half the others' rate
+    assert [p.encoder_trains for p in run[8:]] == [False] * 4 + [True] * 8
+    assert all(p.encoder_lr == pytest.approx(0.5 * p.lr) for p in run[8:])
+
+
+def test_plan_resumed_anywhere_continues_the_same_run():
+    # resume = the step and the saved stage-2 step (trainer_state.json): in stage 1, at the switch, in the
+    # curriculum, before and after the rejoin, the rest of the run is planned exactly as without the stop
+    args = train.parse_args(["--warmup", "2", "--encoder-first", "0.4", "--easy-steps", "3", "--encoder-rejoin", "4"])
+    run = plans(args, 20)
+    for k in (3, 8, 9, 11, 12, 13, 19):
+        assert plans(args, 20, start=k, stage2=run[k - 1].stage2) == run[k:], k
+
+
+# -----------------------------------------------------------------------------
+# interrupted runs: SIGTERM saves, the clock continues on resume, the log reads as one run, stale folders go
+
+
+def start_run(out, data, *flags):
+    logs = open(out.parent / f"{out.name}.stdout", "w+"), open(out.parent / f"{out.name}.stderr", "w+")
+    proc = subprocess.Popen([sys.executable, "train.py", *FAST, "--data", data, "--out", str(out), *flags],
+                            cwd=ROOT, env=subprocess_env(), stdout=logs[0], stderr=logs[1], text=True)
+    return proc, logs
+
+
+def wait_for_steps(proc, out, n, timeout=120):
+    deadline = time.time() + timeout
+    while len(losses(out) if (out / "log.jsonl").exists() else {}) < n:
+        assert proc.poll() is None, f"exited with {proc.returncode} before step {n}"
+        assert time.time() < deadline, f"fewer than {n} steps within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_and_the_resumed_run_keeps_the_clock(data, tmp_path):
+    out = tmp_path / "run"
+    proc, (stdout, stderr) = start_run(out, data, "--steps", "100000", "--minutes", "1")
+    try:
+        wait_for_steps(proc, out, 3)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    stdout.seek(0), stderr.seek(0)
+    assert rc == 0, stderr.read()[-3000:]
+    assert "stopped by SIGTERM" in stdout.read() and "Traceback" not in stderr.read()
+    saved = trainer_state(out / "last")
+    k, elapsed = saved["step"], saved["elapsed"]
+    assert k == max(losses(out)) and elapsed > 0
+    first_run = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in first_run] == list(range(1, k + 1))
+    # what a kill -9 after the save would leave: a logged step past the checkpoint, a half-written save
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": k + 1, "loss": 99.0, "lr": 1.0, "time": elapsed + 100}) + "\n")
+    stale = out / ".last.tmp-999999999"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 1000)
+
+    run_main(["--resume", out / "last", "--out", out, "--steps", k + 3])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, k + 4)) and 99.0 not in [r["loss"] for r in records]  # each step once
+    assert records[:k] == first_run
+    assert not stale.exists()
+    resumed = records[k]
+    # the clock went on from the saved elapsed time: time continues, and the learning rate is the one of a
+    # run that has spent at least that much of its minute (progress = elapsed / 60 s), not of one starting over
+    assert resumed["time"] > elapsed >= first_run[-1]["time"]
+    assert resumed["lr"] <= train.lr_at(k, elapsed / 60, 2, 1e-3) < train.lr_at(k, 0.0, 2, 1e-3)
+
+
+# -----------------------------------------------------------------------------
+# bad values: one line each, nothing written
+
+
+def bad_run(tmp_path, *flags, out=None):
+    out = out or tmp_path / "run"
+    r = subprocess.run([sys.executable, "train.py", "--preset", "tiny", "--out", str(out), *map(str, flags)],
+                       cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    return r, out
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--minutes", "0"], "argument --minutes"), (["--minutes", "-1"], "argument --minutes"),
+    (["--steps", "0"], "argument --steps"), (["--grad-accum", "0"], "argument --grad-accum"),
+    (["--lr", "-1"], "argument --lr"), (["--batch-size", "-2"], "argument --batch-size"),
+    (["--device", "cuda"], "--device cuda"), (["--device", "cuda:1"], "--device cuda:1"),
+    (["--device", "mps"], "--device mps"), (["--precision", "fp16"], "argument --precision"),
+])
+def test_bad_values_are_one_error_line_and_write_nothing(tmp_path, flags, says):
+    if "cuda" in flags[-1] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r, out = bad_run(tmp_path, *flags)
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and says in errors[0], r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["trainer_state", "optimizer"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(run_a, tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(run_a / "step3", ckpt)
+    if damage == "trainer_state":
+        (ckpt / "trainer_state.json").write_text('{"step": 3, "args": {}')  # cut mid-file
+    else:
+        data = (ckpt / "optimizer.safetensors").read_bytes()
+        (ckpt / "optimizer.safetensors").write_bytes(data[:len(data) // 2])
+    r, _ = bad_run(tmp_path, "--resume", ckpt, out=tmp_path / "b")
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(errors) == 1 and str(ckpt) in errors[0], r.stderr
