@@ -25,23 +25,10 @@ import torch
 from nanoaudio import NanoaudioError
 
 
-def receptive_field(kernels, strides) -> int:
-    """Samples one output frame of a conv stack sees: walk back from r = 1, r <- (r - 1) * stride + kernel."""
-    r = 1
-    for k, s in reversed(list(zip(kernels, strides))):
-        r = (r - 1) * s + k
-    return r
-
-
-# hard-coded audio hyperparameters: HuBERT's conv feature extractor (every size, base to xlarge)
-SAMPLE_RATE = 16000  # Hz: every HuBERT checkpoint was pre-trained on 16 kHz LibriSpeech/Libri-Light
-CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # the 7 conv layers' kernel sizes ...
-CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)  # ... and strides
-HOP_LENGTH = math.prod(CONV_STRIDE)  # 320 samples between consecutive frames: 20 ms at 16 kHz
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 50 encoder frames per second
-RECEPTIVE_FIELD = receptive_field(CONV_KERNEL, CONV_STRIDE)  # 400 samples = 25 ms: less gives no frame at all
-STACK = 5  # k: frames stacked into one audio token by the projector (the course's value)
-TOKENS_PER_SECOND = FRAMES_PER_SECOND // STACK  # 10 audio tokens per second of speech for the decoder
+# hard-coded audio hyperparameters. The encoders' own frame arithmetic (hop, receptive field, frames per
+# second) lives on their configs: EncoderConfig (HuBERT's conv stack, or the tiny preset's), WhisperEncoderConfig.
+SAMPLE_RATE = 16000  # Hz: every HuBERT and Whisper checkpoint was pre-trained on 16 kHz audio
+MIN_SAMPLES = 400  # 25 ms: one frame of HuBERT's conv front end (its receptive field); shorter is not speech
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor's epsilon: silence (variance 0) normalizes to zeros, not NaN
 
 # the resampler's filter: the defaults of scipy.signal.resample_poly
@@ -107,8 +94,7 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE, name: str | None = None) 
     wav = torch.from_numpy(data.mean(axis=1, dtype=np.float32))  # (S, channels) -> (S,) mono by averaging
     if sr != sample_rate:
         wav = resample(wav, sr, sample_rate)
-    # the encoder needs RECEPTIVE_FIELD samples at 16 kHz (25 ms) to produce even one frame
-    need = math.ceil(RECEPTIVE_FIELD * sample_rate / SAMPLE_RATE)
+    need = math.ceil(MIN_SAMPLES * sample_rate / SAMPLE_RATE)
     if wav.shape[0] < need:
         ms = wav.shape[0] / sample_rate * 1000
         raise NanoaudioError(f"{name}: {wav.shape[0]} samples at {sample_rate} Hz ({ms:.1f} ms) is shorter than "

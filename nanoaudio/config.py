@@ -549,6 +549,11 @@ class WhisperEncoderConfig:
     def hidden_size(self) -> int:  # the name the projector and the budget read, as for HuBERT
         return self.d_model
 
+    @property
+    def hop_length(self) -> int:
+        """Samples per encoder frame: 160 per mel frame x conv2's stride 2 = 320 (20 ms, 50 frames/s)."""
+        return 320
+
     def num_frames(self, num_samples):
         """Encoder frames covering num_samples real samples (an int, or a tensor of lengths): ceil(S / 160)
         log-mel frames (hop 160 samples = 10 ms, whisper.HOP_LENGTH), then conv2 (kernel 3, stride 2, padding 1):

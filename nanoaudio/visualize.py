@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoaudio import NanoaudioError
-from nanoaudio.audio import HOP_LENGTH, SAMPLE_RATE
+from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, output_file, positive_int
 from nanoaudio.load import DTYPES
 from nanoaudio.tiny import BUNDLED  # the bundled tiny model
@@ -38,13 +38,14 @@ VOCAB_CHUNK = 16384  # embedding rows per cosine matmul: Qwen3's 151k x 4096 nev
 LABEL_CHARS = 8  # token strings are cut to this many characters in the figure
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")  # what savefig writes, chosen by the file name
 
-# (key, label, seconds between consecutive vectors): the stages in data-flow order, None = one audio token
+# (key, label, time step): the stages in data-flow order; "frame" = one encoder frame (20 ms), "token" = one
+# audio token (k frames)
 STAGES = [
-    ("frames", "encoder frames", HOP_LENGTH / SAMPLE_RATE),  # 20 ms
-    ("stacked", "stacked frames", None),
-    ("ln_pre", "after ln_pre (RMSNorm)", None),
-    ("proj", "after proj", None),
-    ("tokens", "audio tokens (after ln_post)", None),
+    ("frames", "encoder frames", "frame"),
+    ("stacked", "stacked frames", "token"),
+    ("ln_pre", "after ln_pre (RMSNorm)", "token"),
+    ("proj", "after proj", "token"),
+    ("tokens", "audio tokens (after ln_post)", "token"),
 ]
 
 
@@ -133,7 +134,8 @@ def projection_stats(model, waveform: torch.Tensor, top_k: int = TOP_K) -> dict:
     stages["tokens"] = tokens[0]  # report the model's own output
 
     k = model.projector.config.stack
-    token_hop = k * HOP_LENGTH / SAMPLE_RATE  # 100 ms at k = 5
+    frame_hop = model.encoder.config.hop_length / SAMPLE_RATE  # 20 ms (the encoder's config knows its stride)
+    token_hop = k * frame_hop  # 100 ms at k = 5
     emb = model.decoder.model.embed_tokens.weight  # (V, Cd)
     allowed = text_token_ids(model).to(emb.device)
     ids, cos, norms = compare_with_text(tokens[0], emb, allowed, top_k)
@@ -144,7 +146,7 @@ def projection_stats(model, waveform: torch.Tensor, top_k: int = TOP_K) -> dict:
         "norms": {s: x.float().norm(dim=-1).cpu() for s, x in stages.items()},
         "shapes": {s: tuple(x.shape) for s, x in stages.items()},
         "labels": {s: label + (f" (k={k})" if s == "stacked" else "") for s, label, _ in STAGES},
-        "hop": {s: hop or token_hop for s, _, hop in STAGES},
+        "hop": {s: frame_hop if step == "frame" else token_hop for s, _, step in STAGES},
         "text_norm": {"p5": p5, "p50": p50, "p95": p95, "mean": text_norms.mean().item(),
                       "std": text_norms.std(correction=0).item(), "count": len(text_norms)},
         "nearest_ids": ids.cpu(), "nearest_cosine": cos.float().cpu(),

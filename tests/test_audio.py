@@ -16,11 +16,8 @@ import torch
 
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import (
-    FRAMES_PER_SECOND,
-    HOP_LENGTH,
-    RECEPTIVE_FIELD,
+    MIN_SAMPLES,
     SAMPLE_RATE,
-    TOKENS_PER_SECOND,
     batch_audio,
     load_audio,
     normalize,
@@ -63,22 +60,25 @@ def db_error(y, ref) -> float:
     return 10 * math.log10(((y - ref) ** 2).sum() / (ref ** 2).sum())
 
 
-def test_constants_match_a_real_conv_stack():
-    # push zeros through HuBERT's real conv shapes and count frames: the annotated constants must agree
-    kernels, strides = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+def test_the_frame_arithmetic_matches_a_real_conv_stack():
+    # push zeros through HuBERT's real conv shapes and count frames: the config's arithmetic must agree
+    from nanoaudio.config import EncoderConfig
+
+    cfg = EncoderConfig()  # HuBERT's conv stack: kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2
 
     def frames(S):
         x = torch.zeros(1, 1, S)
-        for k, s in zip(kernels, strides):
+        for k, s in zip(cfg.conv_kernel, cfg.conv_stride):
             if x.shape[-1] < k:
                 return 0
             x = torch.nn.functional.conv1d(x, torch.zeros(1, 1, k), stride=s)
         return x.shape[-1]
 
-    assert frames(RECEPTIVE_FIELD) == 1 and frames(RECEPTIVE_FIELD - 1) == 0
-    assert frames(RECEPTIVE_FIELD + HOP_LENGTH) == 2 and frames(RECEPTIVE_FIELD + HOP_LENGTH - 1) == 1
-    assert frames(10 * SAMPLE_RATE) == 10 * FRAMES_PER_SECOND - 1  # 10 s: 499 frames, ~50 per second
-    assert (HOP_LENGTH, FRAMES_PER_SECOND, TOKENS_PER_SECOND) == (320, 50, 10)
+    r, hop = cfg.receptive_field, cfg.hop_length
+    assert (r, hop, MIN_SAMPLES) == (400, 320, 400)  # 25 ms, 20 ms: 50 frames per second
+    for S in (r - 1, r, r + hop - 1, r + hop, 10 * SAMPLE_RATE, 12345):
+        assert frames(S) == cfg.num_frames(S)
+    assert frames(10 * SAMPLE_RATE) == 10 * SAMPLE_RATE // hop - 1  # 10 s: 499 frames, ~50 per second
 
 
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
@@ -197,7 +197,7 @@ def test_bad_input(tmp_path, case, message):
     elif case == "zero":
         _write(path, np.zeros(0))
     elif case == "short":
-        _write(path, np.ones(RECEPTIVE_FIELD - 1) * 0.1)  # 399 samples at 16 kHz: 24.9 ms
+        _write(path, np.ones(MIN_SAMPLES - 1) * 0.1)  # 399 samples at 16 kHz: 24.9 ms
     elif case == "short_8k":
         _write(path, np.ones(199) * 0.1, sr=8000)  # 398 samples once at 16 kHz
     elif case in ("nan", "inf"):
@@ -211,7 +211,7 @@ def test_bad_input(tmp_path, case, message):
 
 
 def test_shortest_valid_input(tmp_path):
-    assert load_audio(_write(tmp_path / "a.wav", np.ones(RECEPTIVE_FIELD) * 0.1)).shape == (RECEPTIVE_FIELD,)
+    assert load_audio(_write(tmp_path / "a.wav", np.ones(MIN_SAMPLES) * 0.1)).shape == (MIN_SAMPLES,)
 
 
 def test_normalize_and_batch_match_wav2vec2_feature_extractor():
