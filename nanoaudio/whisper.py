@@ -85,7 +85,7 @@ def mel_filters(n_mels: int) -> torch.Tensor:
     give its values bit for bit (a single rounding differs in the last bit: 118 of the 80-bin values, 85 of
     the 128-bin ones, as transformers' filters do).
     """
-    cpu = dict(dtype=torch.float64, device="cpu")  # always: this is cached, and may first run under torch.device("meta")
+    cpu = dict(dtype=torch.float64, device="cpu")  # always: it is cached, and may first run under a meta device
     freqs = torch.arange(N_FREQS, **cpu) * (SAMPLE_RATE / N_FFT)  # (201,) 0, 40, ..., 8000 Hz
     top = hz_to_mel(torch.tensor(SAMPLE_RATE / 2, **cpu))  # 8 kHz = 45.25 mels
     edges = mel_to_hz(torch.linspace(0.0, top.item(), n_mels + 2, **cpu))  # (M + 2,) Hz
