@@ -12,7 +12,6 @@ past the checkpoint a resumed run will write again).
 """
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from nanoaudio import NanoaudioError
-from nanoaudio.load import atomic_dir, read_json, remove_stale_tmp
+from nanoaudio.load import atomic_dir, atomic_file, read_json, remove_stale_tmp
 
 
 def save_checkpoint(folder, model, optimizer, step, train_batches, log, args=None, extra=None):
@@ -124,6 +123,5 @@ def prepare_out(out: Path, step: int = 0) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # the half line of a process killed while writing it
-    tmp = log.with_name(f".{log.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, log)
+    with atomic_file(log) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))

@@ -22,7 +22,6 @@ Legend: B batch, S samples, F encoder frames, C width, H heads, D head dim, V CT
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 
 from nanoaudio import NanoaudioError
 from nanoaudio.config import EncoderConfig
-from nanoaudio.load import (DTYPES, ENCODERS, convert_bin_to_safetensors, load_state, parse_dtype, read_json,
+from nanoaudio.load import (atomic_file, DTYPES, ENCODERS, convert_bin_to_safetensors, load_state, parse_dtype, read_json,
                             read_tensors, resolve, safetensors_files)
 from nanoaudio.nn import attention
 from nanoaudio.whisper import WhisperEncoder, load_whisper_encoder
@@ -408,7 +407,6 @@ def save_encoder(encoder: HubertEncoder, folder) -> Path:
     hf = encoder.config.to_hf_config()
     hf["torch_dtype"] = str(next(encoder.parameters()).dtype).replace("torch.", "")
     (folder / "config.json").write_text(json.dumps(hf, indent=2))
-    tmp = folder / "model.safetensors.tmp"
-    save_file(out, tmp, metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")  # never a half-written weights file
+    with atomic_file(folder / "model.safetensors") as tmp:  # never a half-written weights file
+        save_file(out, tmp, metadata={"format": "pt"})
     return folder

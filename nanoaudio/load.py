@@ -18,6 +18,7 @@
   a save killed half-way left behind.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -357,14 +358,26 @@ def convert_bin_to_safetensors(folder: Path) -> Path:
         raise NanoaudioError(f"{src}: refused by torch.load(weights_only=True), not loaded ({reason[:200]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NanoaudioError(f"{src}: not a state dict of tensors (a {type(state).__name__})")
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
     return out
 
 
 # -----------------------------------------------------------------------------
-# atomic folders: a crash never leaves a half-written checkpoint
+# atomic writes: a crash never leaves a half-written file or checkpoint (the project's one way to write them)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """`with atomic_file(path) as tmp:` write the file tmp; on success it replaces path in one rename, so a reader
+    (another DDP rank, a later run) sees the old file or the whole new one. On an exception tmp is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class atomic_dir:

@@ -31,6 +31,7 @@ import torch
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE, resample
 from nanoaudio.cli import fraction, int_in, non_negative_int, output_file, positive_int
+from nanoaudio.load import atomic_dir
 
 ACCENTS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029"]  # espeak-ng's English voices
 RATE_WPM = (120, 230)  # espeak-ng's default is 175 words per minute
@@ -50,7 +51,19 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
 _RATE, _PITCH = 1, 3
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_EVENT_WORD = 1  # espeak_EVENT_TYPE: espeakEVENT_LIST_TERMINATED = 0, espeakEVENT_WORD = 1, ...
+
+
+class _Event(ctypes.Structure):
+    """speak_lib.h's espeak_EVENT (API revision 12): 40 bytes on 64-bit. The callback gets an array of them
+    ending in one of type 0; a WORD event's text_position (1-based, in characters) names the word, and its
+    sample where the word's audio starts, counted in samples from the start of the text."""
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 class _Espeak:
@@ -67,13 +80,18 @@ class _Espeak:
                                                _INITIALIZE_DONT_EXIT)
         if self.rate <= 0:
             raise NanoaudioError(f"espeak-ng failed to initialize from {self.data}")
-        self.chunks = []
+        self.chunks, self.words = [], []
         self.callback = _CALLBACK(self._collect)  # keep a reference: C holds only the pointer
         self.lib.espeak_SetSynthCallback(self.callback)
 
     def _collect(self, wav, n, events):
         if n > 0:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events and events[i].type != 0:  # the array ends at espeakEVENT_LIST_TERMINATED
+            if events[i].type == _EVENT_WORD:
+                self.words.append((events[i].text_position, events[i].sample))
+            i += 1
         return 0  # 0 = keep going
 
     def speak(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
@@ -81,7 +99,7 @@ class _Espeak:
             raise NanoaudioError(f"espeak-ng has no voice {voice!r}")
         self.lib.espeak_SetParameter(_RATE, rate, 0)
         self.lib.espeak_SetParameter(_PITCH, pitch, 0)
-        self.chunks = []
+        self.chunks, self.words = [], []  # words: (text_position, sample) of each WORD event
         data = text.encode()
         self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, 0, None, None)
         self.lib.espeak_Synchronize()
@@ -115,6 +133,22 @@ def speak(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> 
     return resample(x, engine().rate, SAMPLE_RATE)
 
 
+def speak_words(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50):
+    """Text -> (float32 waveform (S,) at 16 kHz, [(word, start seconds)]): speak() plus where espeak-ng itself
+    says each word starts (its WORD events), the ground truth the timestamp tests measure against. Matched to the
+    text's words by character position; a word without its own event (espeak-ng gives "of the" one) is left out.
+    The text must be plain ASCII words (positions are counted in characters)."""
+    wav = engine().speak(text, voice, rate, pitch)
+    starts, pos = {}, 0
+    for w in text.split():
+        pos = text.index(w, pos)
+        starts[pos + 1] = w  # text_position is 1-based
+        pos += len(w)
+    times = [(starts[p], sample / engine().rate) for p, sample in engine().words if p in starts]
+    x = torch.from_numpy(wav.astype(np.float32) / 32768.0)
+    return resample(x, engine().rate, SAMPLE_RATE), times
+
+
 def vocabulary() -> list[str]:
     return [w.strip() for w in VOCAB_FILE.read_text().splitlines() if w.strip()]
 
@@ -122,10 +156,7 @@ def vocabulary() -> list[str]:
 def random_text(rng: random.Random, kind: str, words: list[str], sentences: float = 0.5) -> str:
     """A digit string, a random sentence from `words`, or (kind "mixed") a sentence with probability `sentences`."""
     if kind == "mixed":
-        if sentences == 0.5:  # drawn as before `sentences` existed: a seed still gives the dataset it gave then
-            kind = rng.choice(["digits", "sentences"])
-        else:
-            kind = "sentences" if rng.random() < sentences else "digits"
+        kind = "sentences" if rng.random() < sentences else "digits"
     if kind == "digits":
         return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(*DIGIT_LENGTHS)))
     if kind == "sentences":
@@ -172,7 +203,7 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise, pauses, sentences)
     is reused.
     `exclude`: a manifest (or an iterable of texts) whose texts must not occur here: held-out sets use it so
-    that no evaluation string was ever heard in training. Written to folder.tmp, then renamed.
+    that no evaluation string was ever heard in training. Written atomically (load.atomic_dir).
     """
     import soundfile as sf
 
@@ -183,9 +214,7 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
         raise NanoaudioError(f"exclude: no manifest at {exclude}")
     folder = Path(folder)
     manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
-                                                     "pauses": pauses}
-    if sentences != 0.5:  # (only then: folders written before `sentences` existed are still found)
-        recipe["sentences"] = sentences
+                                                     "pauses": pauses, "sentences": sentences}
     check_dataset_folder(folder)
     if manifest.exists() and (folder / "recipe.json").is_file() and _read_recipe(folder) == recipe:
         return manifest
@@ -193,24 +222,18 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
         exclude = [json.loads(line)["text"] for line in open(exclude)]
     banned = set(exclude or [])
     rng, words, all_voices = random.Random(seed), vocabulary(), voices()
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        text = random_text(rng, kind, words, sentences)
-        while text in banned:
+    with atomic_dir(folder) as tmp:  # a killed run leaves no half dataset that a later one would reuse
+        rows = []
+        for i in range(n):
             text = random_text(rng, kind, words, sentences)
-        wave, how = random_utterance(rng, text, all_voices, noise, pauses)
-        name = f"{i:06d}.flac"
-        sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
-        rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)} | how)
-    (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp / "recipe.json").write_text(json.dumps(recipe))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+            while text in banned:
+                text = random_text(rng, kind, words, sentences)
+            wave, how = random_utterance(rng, text, all_voices, noise, pauses)
+            name = f"{i:06d}.flac"
+            sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+            rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)} | how)
+        (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp / "recipe.json").write_text(json.dumps(recipe))
     return manifest
 
 

@@ -66,7 +66,6 @@ preset's defaults, because the 10-minute run needs its digits: with the first tw
 decoder started (CTC loss on them after the easy steps 0.32 against 0.14).
 """
 
-import os
 from pathlib import Path
 
 import torch
@@ -110,19 +109,12 @@ def tiny_vocab() -> list[str]:
 
 def train_tokenizer(words: list[str], vocab_size: int = VOCAB_SIZE):
     """A byte-level BPE with Qwen3's pipeline (NFC, the Qwen2 split regex, byte-level) and chat tokens."""
-    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as Tk
+    from tokenizers import pre_tokenizers, trainers
     from tokenizers.models import BPE
 
-    from nanoaudio.tokenizer import QWEN2_PRETOKENIZE_REGEX, Tokenizer
+    from nanoaudio.tokenizer import Tokenizer, qwen2_pipeline
 
-    tk = Tk(BPE())
-    tk.normalizer = normalizers.NFC()
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tk.decoder = decoders.ByteLevel()
+    tk = qwen2_pipeline(BPE())
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # every word both at the start of a line and after a space (" word" is its own pre-token)
@@ -211,18 +203,15 @@ def digit_strings(manifest) -> Path:
     """The manifest's digit-string rows alone, as digits.jsonl beside it (same audio files, nothing re-synthesized)."""
     import json
 
+    from nanoaudio.load import atomic_file
     from nanoaudio.synth import DIGITS
 
     manifest = Path(manifest)
     rows = [line for line in manifest.read_text().splitlines() if set(json.loads(line)["text"].split()) <= set(DIGITS)]
-    out, tmp = manifest.with_name("digits.jsonl"), manifest.with_name(f"digits.jsonl.{os.getpid()}.tmp")
-    tmp.write_text("".join(row + "\n" for row in rows))
-    tmp.replace(out)  # atomic: another DDP rank reading it sees the old file or the whole new one
+    out = manifest.with_name("digits.jsonl")
+    with atomic_file(out) as tmp:  # another DDP rank reading it sees the old file or the whole new one
+        tmp.write_text("".join(row + "\n" for row in rows))
     return out
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 BUNDLED = ASSETS / "tiny-asr"  # what sample.py uses when no --checkpoint is given

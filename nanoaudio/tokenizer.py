@@ -121,10 +121,25 @@ class Tokenizer:
         (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
+def qwen2_pipeline(bpe):
+    """A tokenizers.Tokenizer around a BPE model with Qwen2/Qwen3's pipeline: NFC, the Qwen2 split regex, then
+    byte-level (bytes -> printable unicode), and the byte-level decoder. The tiny preset trains its BPE in it."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as Tk
+
+    tk = Tk(bpe)
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes -> printable unicode
+    ])
+    tk.decoder = decoders.ByteLevel()
+    return tk
+
+
 def qwen2_bpe(folder: Path, config: dict):
     """Byte-level BPE from vocab.json + merges.txt, exactly as transformers' Qwen2Tokenizer assembles it."""
-    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
-    from tokenizers import Tokenizer as Tk
+    from tokenizers import AddedToken
     from tokenizers.models import BPE
 
     for name in ("vocab.json", "merges.txt"):
@@ -136,13 +151,7 @@ def qwen2_bpe(folder: Path, config: dict):
                             byte_fallback=False)
     except Exception as e:
         raise NanoaudioError(f"{folder}: unreadable vocab.json/merges.txt ({e})") from None
-    tk = Tk(bpe)
-    tk.normalizer = normalizers.NFC()
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),  # bytes -> printable unicode
-    ])
-    tk.decoder = decoders.ByteLevel()
+    tk = qwen2_pipeline(bpe)
     # Added tokens (<|endoftext|>, <|im_start|>, <think>, ...) sit right after the BPE vocabulary; adding them
     # in id order gives each its id. "special" ones are dropped by decode(skip_special_tokens=True).
     added = config.get("added_tokens_decoder")
