@@ -324,12 +324,16 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="what", required=True)
     pp = sub.add_parser("projectors", help="Exercise 1: projector configurations")
     pp.add_argument("--seconds", type=float, default=3.0, help="audio duration (the course: 3 s)")
-    pp.add_argument("--encoder", default="hubert-xlarge", help="hubert-xlarge (1280-d) or hubert-large (1024-d)")
+    pp.add_argument("--encoder", default="hubert-xlarge",
+                    help="a shipped encoder config: hubert-xlarge, hubert-large, whisper-large-v3(-turbo), "
+                         "whisper-small/-base/-tiny (see `encoders`)")
     pe = sub.add_parser("encoders", help="the real encoders: parameters, frames, the projector each needs")
     pe.add_argument("--stack", type=int, default=5, help="projector stack factor k")
     pd = sub.add_parser("decoders", help="Exercise 2: decoder models and training memory")
     pd.add_argument("--decoders", default=",".join(DECODER_NAMES), help="comma-separated shipped decoder configs")
-    pd.add_argument("--encoder", default="hubert-xlarge", help="hubert-xlarge (1280-d) or hubert-large (1024-d)")
+    pd.add_argument("--encoder", default="hubert-xlarge",
+                    help="a shipped encoder config: hubert-xlarge, hubert-large, whisper-large-v3(-turbo), "
+                         "whisper-small/-base/-tiny (see `encoders`)")
     pd.add_argument("--stack", type=int, default=5, help="projector stack factor k")
     pd.add_argument("--lora-r", type=int, default=8, help="LoRA rank (0: projector only)")
     pd.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj",

@@ -368,6 +368,12 @@ def test_compare_encoders(capsys):
     main(["encoders"])
     out = capsys.readouterr().out
     assert "636,968,960" in out and "whisper-tiny" in out and "hubert-xlarge" in out
+    # the decoder table and its memory budget take a Whisper encoder too
+    from nanoaudio.compare import decoder_rows
+
+    (row,) = decoder_rows(["smollm3-3b"], encoder="whisper-tiny", batch_size=2, seconds=10.0)
+    assert row["budget"].params_encoder == rows["whisper-tiny"]["params"]
+    assert row["budget"].audio_tokens == 100  # 500 frames in 10 s, k = 5
 
 
 # -----------------------------------------------------------------------------
