@@ -10,8 +10,9 @@ Features:
 - parameter names are transformers' WhisperEncoder names, so a checkpoint loads as is once `model.encoder.`
   (WhisperForConditionalGeneration) or `encoder.` (WhisperModel) is stripped; the text decoder's tensors are
   never read (`load_whisper_encoder`);
-- `embed_positions` is read from the checkpoint, not recomputed: it was initialised as sinusoids, but is stored
-  (and was trained, in large-v3) in fp16, and recomputing it would change the output;
+- `embed_positions` is read from the checkpoint, not recomputed: it is the sinusoid table rounded to the
+  checkpoint's fp16, and a table recomputed in fp32 would shift every output (the tests fill it with random
+  values, so a recomputed table would fail them);
 - two input modes (config.pad_to_30s, recorded in the checkpoint): pad every input to 30 s and attend over all
   1500 frames, as Whisper was trained (exact parity with transformers); or true length, the positional table
   sliced to the real frames and padded keys masked (Ultravox). Either way forward returns the F = num_frames(S)
