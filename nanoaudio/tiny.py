@@ -1,69 +1,22 @@
 """The tiny preset: the course's recipe in miniature, trained from scratch on a laptop CPU in minutes.
 
 Same classes as the real models, at tiny sizes (sizes chosen so 2 CPU cores train them in minutes):
-    encoder   HubertEncoder: the raw-waveform conv front end (3 layers of 128 channels, strides 20 x 4 x 4 =
-              320 -> 50 frames/s), 4 pre-LN Transformer layers of width 192, and a CTC head over the 32
-              characters of the *-ls960-ft checkpoints
+    encoder   HubertEncoder: a raw-waveform conv front end (3 layers of 128 channels, strides 20 x 4 x 4 =
+              320 -> 50 frames/s; the first starts as a mel filterbank, filterbank() below), 4 pre-LN Transformer
+              layers of width 192, and a CTC head over the 32 characters of the *-ls960-ft checkpoints
     projector AudioProjector: stack k=5 frames -> RMSNorm -> Linear(960 -> 256) -> Dropout -> RMSNorm
     decoder   Decoder: a Qwen3-style model (q_norm/k_norm, RoPE), 4 layers of width 256, 8 heads of 32, tied head
-    tokenizer a byte-level BPE in Qwen3's format (same pre-tokenizer, same chat special tokens), trained here
-              with `tokenizers` on the preset's vocabulary (nanoaudio/assets/tiny_vocab.txt)
-Data: synthetic speech (nanoaudio/synth.py, espeak-ng voices at random rate and pitch): digit strings and
-random sentences from the preset's vocabulary, written as a JSONL manifest so the real loader path runs.
+    tokenizer a byte-level BPE in Qwen3's format (same pipeline, same chat special tokens), trained here with
+              `tokenizers` on the preset's vocabulary (nanoaudio/assets/tiny_vocab.txt)
+Data: synthetic speech (nanoaudio/synth.py, espeak-ng voices at random rate and pitch): digit strings and random
+sentences from the preset's vocabulary, a quarter of them spoken as phrases with pauses, written as a JSONL
+manifest so the real loader path runs.
+Training (train.py's PRESETS["tiny"]): a CTC loss on the encoder frames (weight 0.5), two stages (the encoder alone
+first, then the projector and decoder on it, frozen, starting with a curriculum of digit strings), then the
+encoder rejoins. Why each of these, with the measurements: docs/tiny-preset.md. The current results: the README.
 
-Why a CTC loss on the encoder (weight 0.5, at 50 frames/s before stacking): a from-scratch encoder that
-learns only through the decoder's loss gets a weak, indirect signal; the frame-level CTC loss tells every
-frame which character it holds. Measured on 2 cores (issue #5): 5.8% digit WER after 10 minutes with it,
-53% without it.
-
-Two stages and a curriculum (train.py --encoder-first 0.4 --easy-steps 700 --encoder-rejoin 700; the real recipe
-in miniature, where HuBERT is CTC-fine-tuned first and then frozen under the LLM): the first 40% of the run trains
-the encoder alone on its CTC loss, on all the data; the rest trains the projector and decoder on it, frozen, their
-first 700 steps on the digit strings alone; then the encoder trains again, with them (its CTC loss too). A
-from-scratch decoder must find on its own how to walk through the audio tokens in order; on an encoder still
-changing under it that took 2500-5000 steps. Measured on 2 cores (AMD EPYC, the split then 0.5, the earlier
-7 x 32 front end below), digit WER on held-out strings (60, or 100 for the preset's mix) after 10 minutes:
-    the preset's mix, everything at once (the earlier recipe)                   75.2%
-    digit strings only, everything at once                                      75.3%
-    digit strings only, 5 min CTC alone, then 5 min decoder on it, frozen       18.9% (two runs)
-    the preset's mix, two stages                                                80.4% (not aligned after 1300 steps)
-    the preset's mix, two stages, stage 2 starting on 700 steps of digits       14.6%
-A decoder learns to read a fixed encoder within a few hundred steps, but only when its first task is easy.
-Once it reads it, the encoder can move under it again: sentences are limited by the encoder (its CTC head alone
-misread 24% of their characters), and continuing an earlier 52-minute model for 7 minutes took held-out
-sentence WER from 43.4% to 38.6% with the encoder frozen (1826 steps), to 35.5% with it training (1196 steps,
-each ~1.5x dearer). The split moved to 0.4 because sentence WER was still falling fast when a 52-minute run at
-0.5 ended (0.4 and 0.5 not compared on equal terms). Pauses: a quarter of the training utterances are spoken as
-phrases with silences between them (PAUSES below).
-
-Why a front end of 3 wide layers rather than HuBERT's 7 narrow ones (7 x 32 channels, strides 5 x 2^6, as this
-preset had before): raw samples must be turned into something like a spectrum before the Transformer can
-read phonemes from them, and 32 channels resolve too few frequencies. Same 50 frames/s, same classes, a
-config change only. Measured on 2 cores (AMD EPYC), the encoder alone on its CTC loss for 3 minutes on 6000
-synthetic utterances, then greedy CTC on 100 held-out sentences:
-    7 x 32,  kernels 10,3,3,3,3,2,2   943 steps   held-out CTC loss 2.35   character error rate 66.8%
-    3 x 128, kernels 80,4,4           1104 steps  held-out CTC loss 1.82   character error rate 54.9%
-    3 x 192, kernels 80,4,4           1026 steps  held-out CTC loss 1.85   character error rate 58.6%
-    3 x 128, 6 Transformer layers     654 steps   held-out CTC loss 2.23   character error rate 67.6%
-(fewer, shorter activations: the wider front end is also faster per step.) Its first layer then started as a
-filterbank (filterbank() below). Measured the same way, except 3.0 minutes of CTC inside a 3.3-minute run on
-the seed-1 data, so both arms under identical conditions:
-    random init (Kaiming normal)      801 steps   training CTC loss, steps 600-700, 1.66   character error rate 66.6%
-    mel filterbank, kernel 80         901 steps   training CTC loss, steps 600-700, 1.23   character error rate 52.7%
-    mel filterbank, kernel 160        776 steps   training CTC loss, steps 600-700, 1.13   character error rate 53.4%
-
-The bundled model adds three flags for its longer run (train.py --synth-sentences 0.9 --rejoin-lr-scale 0.3
---encoder-first 0.3). Digit strings, ten words, are learned early (0.15% held-out WER at the end of a 52-minute
-run on the even mix, sentences 32.3% and still falling), so 90% of its training utterances are sentences. The
-rejoined encoder trains at 0.3 times the others' learning rate: stage 2's schedule starts again at its peak, ten
-times the rate stage 1 ended on, and at that rate the encoder's training CTC loss went from 0.31 to 0.55 within
-300 steps of rejoining and took the rest of the run to come back to 0.32 (at 0.3 times: 0.32 -> 0.38, ending
-at 0.31). And the decoder gets 70% of the run, not 60%: with the first two flags its loss was still falling
-steeply when the run ended. Each change was one 52-minute run, measured on the same held-out sentences (100,
-greedy): 32.3% -> 22.7% (the first two together) -> 18.6% (0.9 instead of 0.75) -> 16.2% (0.3). Not the
-preset's defaults, because the 10-minute run needs its digits: with the first two it reached 10.2% digit WER
-(the preset as it is: 4.31% and 7.46%, two seeds), its encoder having heard half as many digit strings when the
-decoder started (CTC loss on them after the easy steps 0.32 against 0.14).
+    python train.py --preset tiny --minutes 10               # 2 CPU cores
+    python -m nanoaudio.tiny export out/tiny/last            # -> nanoaudio/assets/tiny-asr, float16
 """
 
 from pathlib import Path
