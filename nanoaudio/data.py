@@ -12,14 +12,14 @@
   `ds.skipped`) unreadable files and empty transcripts, so an evaluation never dies on one bad file.
 - `Batches(ds, batch_size, seed, rank, world_size, max_seconds)`: the infinite training iterator.
     1. Each epoch shuffles the dataset's chunks (one file, or one parquet row group) with (seed, epoch).
-    2. Consecutive chunks form windows of `window` global batches (G = batch_size * world_size examples each).
-    3. A window is shuffled, its unusable examples dropped (unreadable, too long, empty text), cut to a multiple
+    2. Consecutive chunks form blocks of `block` global batches (G = batch_size * world_size examples each).
+    3. A block is shuffled, its unusable examples dropped (unreadable, too long, empty text), cut to a multiple
        of G (the remainder, fewer than G random examples, sits out this epoch), sorted by length, cut into
        global batches, and the batches shuffled: little padding, yet a random order.
     4. Rank r takes examples [r*b, (r+1)*b) of every global batch: ranks are disjoint, see the same number of
        batches, and together see exactly what one process with batch_size = b * world_size sees.
-  The position is (epoch, window, batch). Everything is a function of (seed, epoch, window), so a resumed
-  iterator rebuilds only the current window and yields exactly the batches the interrupted one would have.
+  The position is (epoch, block, batch). Everything is a function of (seed, epoch, block), so a resumed
+  iterator rebuilds only the current block and yields exactly the batches the interrupted one would have.
   Lengths are cheap: the manifest's "seconds", else the audio header (soundfile.info), never a full decode.
 Legend: B batch, S samples, G global batch (all ranks).
 """
@@ -37,7 +37,7 @@ from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE, load_audio
 
 TEXT_COLUMNS = ("text", "transcription", "sentence", "normalized_text")  # Hugging Face names, first present wins
-WINDOW = 50  # global batches sorted by length together: bigger pads less, but batches of one length cluster
+BLOCK = 50  # global batches shuffled and sorted by length together: bigger pads less, but batches of one length cluster
 MAX_SKIP_EXAMPLES = 10  # "path: reason" lines kept for the skip report
 
 
@@ -326,29 +326,29 @@ class Batches:
     """iter(Batches(...)) -> list[Example] forever. See the module docstring for the order it follows."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 max_seconds: float = 30.0, window: int = WINDOW):
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or window < 1:
-            raise NanoaudioError(f"Batches: need batch_size >= 1, window >= 1 and 0 <= rank < world_size; got "
-                                 f"batch_size={batch_size}, window={window}, rank={rank}, world_size={world_size}")
+                 max_seconds: float = 30.0, block: int = BLOCK):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or block < 1:
+            raise NanoaudioError(f"Batches: need batch_size >= 1, block >= 1 and 0 <= rank < world_size; got "
+                                 f"batch_size={batch_size}, block={block}, rank={rank}, world_size={world_size}")
         if seed < 0:
             raise NanoaudioError(f"Batches: seed must be >= 0, got {seed}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size, self.max_seconds, self.window_batches = rank, world_size, max_seconds, window
+        self.rank, self.world_size, self.max_seconds, self.block_batches = rank, world_size, max_seconds, block
         self.G = batch_size * world_size  # examples in one global batch
-        self.epoch, self.window, self.batch = 0, 0, 0  # the next batch to yield
+        self.epoch, self.block, self.batch = 0, 0, 0  # the next batch to yield
         self.skips = Skips()
 
-    def windows(self, epoch: int) -> list[list[int]]:
-        """The epoch's shuffled chunks, grouped into windows of at least `window` global batches of items."""
+    def blocks(self, epoch: int) -> list[list[int]]:
+        """The epoch's shuffled chunks, grouped into blocks of at least `block` global batches of items."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset.chunk_sizes))
-        windows, current, n = [], [], 0
+        blocks, current, n = [], [], 0
         for c in order.tolist():
             current.append(c)
             n += self.dataset.chunk_sizes[c]
-            if n >= self.window_batches * self.G:
-                windows.append(current)
+            if n >= self.block_batches * self.G:
+                blocks.append(current)
                 current, n = [], 0
-        return windows + [current] if current else windows
+        return blocks + [current] if current else blocks
 
     def usable(self, item: Item) -> bool:
         """Plan-time check from the header: False (and recorded) if unreadable, too long or without text."""
@@ -366,7 +366,7 @@ class Batches:
         return True
 
     def plan(self, epoch: int, w: int, chunks: list[int]) -> list[list[Item]]:
-        """Window w of the epoch -> its global batches (G items each, sorted by length inside), in random order."""
+        """Block w of the epoch -> its global batches (G items each, sorted by length inside), in random order."""
         rng = np.random.default_rng([self.seed, epoch, w])
         items = [item for c in chunks for item in self.dataset.read_chunk(c)]
         items = [items[i] for i in rng.permutation(len(items))]
@@ -378,12 +378,12 @@ class Batches:
 
     def __iter__(self):
         while True:
-            fresh_epoch, produced = self.window == 0 and self.batch == 0, False
-            windows = self.windows(self.epoch)
-            while self.window < len(windows):
+            fresh_epoch, produced = self.block == 0 and self.batch == 0, False
+            blocks = self.blocks(self.epoch)
+            while self.block < len(blocks):
                 # keep only this rank's slices: the others' parquet bytes are freed right away
                 r, b = self.rank, self.batch_size
-                mine = [batch[r * b: (r + 1) * b] for batch in self.plan(self.epoch, self.window, windows[self.window])]
+                mine = [batch[r * b: (r + 1) * b] for batch in self.plan(self.epoch, self.block, blocks[self.block])]
                 while self.batch < len(mine):
                     items = mine[self.batch]
                     self.batch += 1  # advanced before the yield: state_dict() taken now resumes after this batch
@@ -394,33 +394,35 @@ class Batches:
                     if examples:
                         produced = True
                         yield examples
-                self.window, self.batch = self.window + 1, 0
+                self.block, self.batch = self.block + 1, 0
             if fresh_epoch and not produced:
                 n = len(self.dataset) - len(self.skips.by_id)
                 raise NanoaudioError(f"{self.dataset.name}: a whole epoch gave no batch: {n} usable examples, "
                                      f"{self.G} needed per batch (batch_size x world_size); skipped: "
                                      f"{self.skipped_report() or 'none'}")
-            self.epoch, self.window, self.batch = self.epoch + 1, 0, 0
+            self.epoch, self.block, self.batch = self.epoch + 1, 0, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "window": self.window, "batch": self.batch, "seed": self.seed,
-                "global_batch": self.G, "window_batches": self.window_batches, "items": len(self.dataset)}
+        return {"epoch": self.epoch, "block": self.block, "batch": self.batch, "seed": self.seed,
+                "global_batch": self.G, "block_batches": self.block_batches, "items": len(self.dataset)}
 
     def load_state_dict(self, state: dict):
-        missing = [k for k in ("epoch", "window", "batch") if k not in state]
+        # checkpoints of nanoaudio 0.1 called blocks "windows" (a word the audio windows of decoding.py now own)
+        state = {{"window": "block", "window_batches": "block_batches"}.get(k, k): v for k, v in state.items()}
+        missing = [k for k in ("epoch", "block", "batch") if k not in state]
         if missing:
             raise NanoaudioError(f"data state: missing key(s) {', '.join(missing)}")
         now = self.state_dict()
-        changed = [k for k in ("seed", "global_batch", "window_batches", "items") if k in state and state[k] != now[k]]
+        changed = [k for k in ("seed", "global_batch", "block_batches", "items") if k in state and state[k] != now[k]]
         if changed:
             # the saved position indexes another plan: start its epoch over rather than pretend to be exact
             import warnings
 
             warnings.warn(f"data state from another setup ({', '.join(f'{k}: {state[k]} -> {now[k]}' for k in changed)}"
                           f"): restarting epoch {state['epoch']} from its beginning")
-            self.epoch, self.window, self.batch = int(state["epoch"]), 0, 0
+            self.epoch, self.block, self.batch = int(state["epoch"]), 0, 0
             return
-        self.epoch, self.window, self.batch = int(state["epoch"]), int(state["window"]), int(state["batch"])
+        self.epoch, self.block, self.batch = int(state["epoch"]), int(state["block"]), int(state["batch"])
 
     def skipped_report(self) -> dict:
         """{} or {"unreadable": 2, "too_long": 1, "examples": ["path: reason", ...]}, each example counted once."""

@@ -256,9 +256,9 @@ def test_bucketing_reduces_padding(tmp_path):
     lengths = np.random.default_rng(0).uniform(0.05, 1.0, size=48).round(3)
     ds = manifest(tmp_path, lengths)
 
-    def padding(window):
+    def padding(block):
         """Padded-but-empty samples over one epoch: 12 batches of 4, covering the 48 examples once."""
-        it = iter(Batches(ds, batch_size=4, seed=1, window=window))
+        it = iter(Batches(ds, batch_size=4, seed=1, block=block))
         pad, seen = 0, []
         for _ in range(12):
             batch = next(it)
@@ -268,7 +268,7 @@ def test_bucketing_reduces_padding(tmp_path):
         assert sorted(seen) == sorted(item.id for item in ds.items)
         return pad
 
-    bucketed, unsorted = padding(window=50), padding(window=1)  # window 1: a batch is sorted only within itself
+    bucketed, unsorted = padding(block=50), padding(block=1)  # block 1: a batch is sorted only within itself
     assert bucketed < 0.25 * unsorted, (bucketed, unsorted)
     # yet the order is random: not ascending length, and each epoch is shuffled anew
     b = Batches(ds, batch_size=4, seed=1)
@@ -288,8 +288,8 @@ def test_exact_resume(tmp_path, kind):
         flacs = [write_audio(tmp_path / f"{i}.flac", s, seed=i) for i, s in enumerate(lengths)]
         texts = [f"t{i}" for i in range(20)]
         ds = open_dataset(str(write_parquet(tmp_path / "d.parquet", flacs, texts, row_group_size=3)))
-    # windows of 2 batches of 3 examples: several windows per epoch, a remainder, and epoch boundaries
-    make = lambda: Batches(ds, batch_size=3, seed=7, window=2)  # noqa: E731
+    # blocks of 2 batches of 3 examples: several blocks per epoch, a remainder, and epoch boundaries
+    make = lambda: Batches(ds, batch_size=3, seed=7, block=2)  # noqa: E731
     reference = take(make(), 22)
     for k in (0, 1, 2, 5, 6, 7, 12, 15):
         before = make()
@@ -299,17 +299,17 @@ def test_exact_resume(tmp_path, kind):
         after.load_state_dict(state)
         assert take(after, 5) == reference[k:k + 5], k
     # a position from another setup (here another batch size) cannot be exact: say so, restart that epoch
-    other = Batches(ds, batch_size=2, seed=7, window=2)
+    other = Batches(ds, batch_size=2, seed=7, block=2)
     with pytest.warns(UserWarning, match="global_batch: 3 -> 2"):
         other.load_state_dict(state)
-    assert state["epoch"] > 0 and (state["window"], state["batch"]) != (0, 0)
-    assert [other.state_dict()[k] for k in ("epoch", "window", "batch")] == [state["epoch"], 0, 0]
+    assert state["epoch"] > 0 and (state["block"], state["batch"]) != (0, 0)
+    assert [other.state_dict()[k] for k in ("epoch", "block", "batch")] == [state["epoch"], 0, 0]
 
 
 def test_rank_shards_are_disjoint_and_add_up_to_one_process(tmp_path):
     ds = manifest(tmp_path, np.random.default_rng(2).uniform(0.05, 0.4, size=26).round(3))
-    single = take(Batches(ds, batch_size=4, seed=5, window=3), 12)
-    ranks = [take(Batches(ds, batch_size=2, seed=5, rank=r, world_size=2, window=3), 12) for r in range(2)]
+    single = take(Batches(ds, batch_size=4, seed=5, block=3), 12)
+    ranks = [take(Batches(ds, batch_size=2, seed=5, rank=r, world_size=2, block=3), 12) for r in range(2)]
     for step, (whole, r0, r1) in enumerate(zip(single, *ranks)):
         assert len(r0) == len(r1) == 2
         assert not set(r0) & set(r1) and set(r0) | set(r1) == set(whole), step
