@@ -10,6 +10,7 @@ is synthesized (espeak-ng digit strings, which the bundled model transcribes exa
 """
 
 import concurrent.futures
+import contextlib
 import io
 import os
 import socket
@@ -53,14 +54,15 @@ def clips():
     return {k: wav_bytes(synth.speak(text, "en-us", 160, 50)) for k, text in CLIPS.items()}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """-> (base url, the server's TMPDIR). Started once; at the end still alive, its TMPDIR as the start left it."""
-    tmp = tmp_path_factory.mktemp("server-tmp")
+@contextlib.contextmanager
+def running_server(tmp: Path, *flags: str):
+    """`python -m nanoaudio.serve` on a free loopback port with TMPDIR=tmp -> its base url, once /health answers.
+    On leaving: it must still be running (no request killed it), and tmp as the start left it (no upload went to
+    the disk)."""
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "nanoaudio.serve", "--port", str(port), "--max-upload-mb", "1",
-                             "--max-seconds", "8"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nanoaudio.serve", "--port", str(port), *flags], cwd=ROOT,
+                            env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -73,13 +75,23 @@ def server(tmp_path_factory):
             proc.kill()
             pytest.fail(f"the server did not start: {proc.communicate()[1]}")
         time.sleep(0.2)
-    before = sorted(tmp.rglob("*"))  # what starting left (torch makes a cache folder): the requests add nothing
-    yield url, tmp
-    alive = proc.poll() is None
-    proc.terminate()
-    _, err = proc.communicate(timeout=30)
-    assert alive, f"the server died during the tests: {err}"
+    before = sorted(tmp.rglob("*"))  # what starting left (torch makes a cache folder)
+    try:
+        yield url
+    finally:
+        alive = proc.poll() is None
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert alive, f"the server died: {err}"
     assert sorted(tmp.rglob("*")) == before, "requests left temporary files behind"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """-> (base url, its TMPDIR), with small limits: 1 MB uploads, 8 s of audio."""
+    tmp = tmp_path_factory.mktemp("server-tmp")
+    with running_server(tmp, "--max-upload-mb", "1", "--max-seconds", "8") as url:
+        yield url, tmp
 
 
 @pytest.fixture(scope="module")
