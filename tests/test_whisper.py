@@ -10,7 +10,9 @@
   preprocessor_config.json) and WhisperForConditionalGeneration (3 shards, with transformers 5's
   processor_config.json), loaded by nanoaudio.load_encoder: fp32 within 1e-5 of the output's scale, float64 on the
   same log-mel within 1e-10; a padded batch of different lengths equals single runs in both modes; bf16 loading;
-  the loading errors name the file, the tensor, the shape.
+  the loading errors name the file, the tensor, the shape;
+- the shipped configs give the published parameter counts; `python -m nanoaudio.compare encoders`; the memory
+  budget's Whisper terms against measured peaks; the Triton attention kernel against the PyTorch path.
 """
 
 import dataclasses
@@ -420,3 +422,52 @@ def test_budget_trained_whisper_activations_traced_on_meta_equal_the_real_ones()
     trained = estimate(dec, cfg, pcfg, batch_size=2, audio_seconds=1.5, trainable="all", train_encoder=True)
     assert frozen.audio_tokens == -(-cfg.num_frames(24000) // 5) == 15
     assert frozen.params_encoder == trained.params_encoder == sum(p.numel() for p in enc.parameters())
+
+
+# -----------------------------------------------------------------------------
+# the attention kernel (nanoaudio.nn's switch): the Triton path gives the PyTorch path's numbers
+
+
+@pytest.mark.parametrize("pad_to_30s", [False, True], ids=["true-length", "pad-to-30s"])
+def test_triton_attention_matches_pytorch(monkeypatch, pad_to_30s):
+    # On a machine without a GPU the kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET):
+    # 2 s for the true-length mode's 15 frames, ~4 minutes for the 30 s mode's 1500, which runs on a GPU only.
+    pytest.importorskip("triton")
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA GPU and TRITON_INTERPRET is not 1: the kernels cannot run")
+    if pad_to_30s and not torch.cuda.is_available():
+        pytest.skip("1500 frames through Triton's interpreter take minutes: GPU only")
+    import nanoaudio.kernels.flash_attention as fa
+
+    monkeypatch.setattr(fa, "AUTOTUNE", False)
+    calls = []
+    original = fa.flash_attention
+    monkeypatch.setattr(fa, "flash_attention", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layers = 2
+    cfg = WhisperEncoderConfig(d_model=32, encoder_attention_heads=2, encoder_ffn_dim=48, encoder_layers=layers,
+                               pad_to_30s=pad_to_30s)
+    torch.manual_seed(0)
+    enc = WhisperEncoder(cfg).to(device).eval()
+    x, mask = batch_audio([speechlike(3000), speechlike(1700, seed=1)], normalize=False)
+    x, mask = x.to(device), mask.to(device)
+
+    def run(mode):
+        monkeypatch.setenv("NANOAUDIO_KERNELS", mode)
+        enc.zero_grad(set_to_none=True)
+        out = enc(x, mask)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(device)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    out0, grads0 = run("0")
+    assert not calls
+    out1, grads1 = run("1")
+    assert len(calls) == layers and all(kw["softmax_scale"] == 1.0 for kw in calls)
+    assert [kw["kv_lens"] is not None for kw in calls] == [not pad_to_30s] * layers  # 30 s: every key is real
+    torch.testing.assert_close(out1, out0, atol=1e-5, rtol=1e-5)
+    assert set(grads1) == set(grads0)
+    for n in grads0:
+        torch.testing.assert_close(grads1[n], grads0[n], atol=1e-4 * grads0[n].abs().max().item() + 1e-7, rtol=0,
+                                   msg=lambda m, n=n: f"{n}: {m}")
