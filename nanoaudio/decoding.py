@@ -11,6 +11,14 @@ The path, for each file:
    or a beam search whose beams the encoder's CTC head ranks again (`ASRModel.generate_ids`);
 3. stitch: consecutive windows' transcripts joined where they agree (`stitch`), so no word is dropped or repeated.
 
+Beside the text, from the encoder's CTC head (the same encoder pass, `ASRModel.generate_ids(ctc_out=)`):
+- a no-speech score per window (the mean blank probability, like whisper's no_speech_prob): above
+  `options.no_speech_threshold` the window's transcript is empty, so noise and music give no words;
+- with `options.word_timestamps`, each word's start and end by CTC forced alignment (nanoaudio/align.py), kept
+  through the stitching. An encoder without a CTC head (Whisper) gives each word its window's times, spread
+  by length, and `Segment.aligned` False says so.
+`transcribe_full` returns all of it (`Result`: text, segments, words, duration); `transcribe` only the texts.
+
 `DecodingOptions` holds every choice, like whisper's: the one place their defaults live. References: openai/whisper
 (decoding.py's DecodingOptions, transcribe.py's long-form loop); Watanabe et al. 2017 (joint CTC/attention).
 """
@@ -28,6 +36,9 @@ CTC_RESCORE = 0.5  # how much the CTC head counts in ranking the beams: flat fro
 OVERLAP_SECONDS = 2.0  # audio shared by consecutive windows: a few words, so that some are whole on both sides
 OVERLAP_FRACTION = 0.3  # ... but at most this fraction of a short window (the tiny model's is 4 s)
 MIN_WINDOW_SECONDS = 0.5  # shorter windows hold no word, and their overlap no seam to stitch
+# A window whose mean CTC blank probability is above this holds no speech: its transcript is dropped. Measured
+# with scripts/measure_no_speech.py on dev clips (seeds 1000+, never the tests'): see the numbers there.
+NO_SPEECH_THRESHOLD = None
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,15 @@ class DecodingOptions:
     max_new_tokens: int = 128  # longest transcript of one window, in tokens
     window: float | None = None  # seconds per window (None: the model's config.window_seconds)
     batch_size: int = 8  # windows decoded together (padding masks keep results identical to one at a time)
+    word_timestamps: bool = False  # align each word to the audio (Segment.words, Result.words)
+    no_speech_threshold: float | None = NO_SPEECH_THRESHOLD  # drop a window's words above it (None: off)
 
     def __post_init__(self):
         checks = [("beams", self.beams >= 1, ">= 1"), ("ctc_rescore", 0 <= self.ctc_rescore <= 1, "in [0, 1]"),
                   ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
-                  ("window", self.window is None or self.window >= MIN_WINDOW_SECONDS, f">= {MIN_WINDOW_SECONDS} s")]
+                  ("window", self.window is None or self.window >= MIN_WINDOW_SECONDS, f">= {MIN_WINDOW_SECONDS} s"),
+                  ("no_speech_threshold", self.no_speech_threshold is None or 0 <= self.no_speech_threshold <= 1,
+                   "in [0, 1] or None")]
         for name, ok, rule in checks:
             if not ok:
                 raise NanoaudioError(f"DecodingOptions: {name} must be {rule}, got {getattr(self, name)}")
@@ -52,12 +67,32 @@ class DecodingOptions:
 
 
 @dataclass
+class Word:
+    word: str
+    start: float  # seconds from the start of the file
+    end: float
+    probability: float  # mean probability of the aligned path over the word's frames (0.0: not aligned)
+
+
+@dataclass
 class Segment:
     """One window's decode: where it lies in the file, and what the model wrote for it."""
     start: float  # seconds from the start of the file
     end: float
     ids: list[int]  # the transcript's token ids, without the end-of-turn token
     text: str
+    words: list[Word] | None = None  # None unless options.word_timestamps
+    no_speech_prob: float | None = None  # mean CTC blank probability; None when the encoder has no CTC head
+    aligned: bool | None = None  # word_timestamps: True from the CTC alignment, False from the window's times
+
+
+@dataclass
+class Result:
+    """One file's transcription."""
+    text: str
+    segments: list[Segment]
+    words: list[Word] | None  # the stitched words with times; None unless options.word_timestamps
+    duration: float  # seconds of audio
 
 
 # -----------------------------------------------------------------------------
@@ -101,10 +136,11 @@ def overlap_seconds(window_s: float) -> float:
 # 2. decode: windows in batches
 
 
-def decode_windows(model, waves, options: DecodingOptions, on_token=None) -> list[list[int]]:
+def decode_windows(model, waves, options: DecodingOptions, on_token=None, ctc_out=None) -> list[list[int]]:
     """1-D 16 kHz waveforms, each at most one window long -> their transcripts' token ids (no end-of-turn).
 
-    on_token(step, tokens (B,)) streams greedy decoding (see Decoder.generate)."""
+    on_token(step, tokens (B,)) streams greedy decoding (see Decoder.generate). ctc_out: a list that receives
+    each window's CTC log-probabilities (F, 32), or None per window without a CTC head."""
     from nanoaudio.audio import batch_audio
 
     device = next(model.decoder.parameters()).device
@@ -113,7 +149,7 @@ def decode_windows(model, waves, options: DecodingOptions, on_token=None) -> lis
     for i in range(0, len(waves), options.batch_size):
         wave, mask = batch_audio(waves[i:i + options.batch_size], normalize=normalize)
         out += model.generate_ids(wave.to(device), mask.to(device), options.max_new_tokens, on_token=on_token,
-                                  num_beams=options.beams, ctc_weight=options.ctc_rescore)
+                                  num_beams=options.beams, ctc_weight=options.ctc_rescore, ctc_out=ctc_out)
     return out
 
 
@@ -121,36 +157,43 @@ def decode_windows(model, waves, options: DecodingOptions, on_token=None) -> lis
 # 3. stitch: one transcript from overlapping windows
 
 
-def stitch(texts: list[str]) -> str:
-    """Join window transcripts, keeping the words of each overlap once.
+def stitch(texts: list[str] | list[list[Word]]) -> str | list[Word]:
+    """Join window transcripts, keeping the words of each overlap once: strings -> a string; lists of Words
+    (or of anything with a .word) -> one list, each kept word with its own times.
 
     The overlap is the end of one window and the start of the next, so the two transcripts should share a run of
     words there. Of all common runs of the previous window's words and the next window's, take the longest, and
     of equally long ones the one closest to the seam (a lone common word far from it is a coincidence, not the
     overlap); cut in its middle. Nothing in common: concatenate.
     """
-    words = texts[0].split() if texts else []
+    if not texts or isinstance(texts[0], str):
+        return " ".join(stitch([[_Token(w) for w in t.split()] for t in texts]) if texts else [])
+    words = list(texts[0])
     prev = len(words)
-    for text in texts[1:]:
-        nxt = text.split()
+    for nxt in texts[1:]:
         tail = words[len(words) - prev:]  # the previous window's words: the overlap is inside them
         best = None  # (run length, -distance to the seam, i, j)
         for i in range(len(tail)):
             for j in range(len(nxt)):
                 n = 0
-                while i + n < len(tail) and j + n < len(nxt) and tail[i + n] == nxt[j + n]:
+                while i + n < len(tail) and j + n < len(nxt) and tail[i + n].word == nxt[j + n].word:
                     n += 1
                 if n:
                     key = (n, -((len(tail) - i - n) + j), i, j)
                     best = key if best is None or key[:2] > best[:2] else best
         if best is None:
-            words, prev = words + nxt, len(nxt)
+            words, prev = words + list(nxt), len(nxt)
         else:
             n, _, i, j = best
             cut = (n + 1) // 2
-            words = words[:len(words) - len(tail) + i + cut] + nxt[j + cut:]
+            words = words[:len(words) - len(tail) + i + cut] + list(nxt[j + cut:])
             prev = len(nxt) - j - cut
-    return " ".join(words)
+    return words
+
+
+class _Token(str):
+    """A plain string word with a .word, so stitch() joins strings and Words by one loop."""
+    word = property(str.__str__)
 
 
 # -----------------------------------------------------------------------------
@@ -189,15 +232,54 @@ def decode(model, waves, options: DecodingOptions = DecodingOptions(), on_token=
     check_window(model, window_s, options.max_new_tokens)
     bounds = [window_bounds(w, window_s, overlap_seconds(window_s)) for w in waves]
     pieces = [w[s:e] for w, b in zip(waves, bounds) for s, e in b]
-    ids = iter(decode_windows(model, pieces, options, on_token))
-    return [[Segment(s / SAMPLE_RATE, e / SAMPLE_RATE, (row := next(ids)), model.tokenizer.decode(row).strip())
+    log_probs = []  # per window, the CTC head's (F, 32), from the encoder pass the decoding made
+    ids = iter(decode_windows(model, pieces, options, on_token, ctc_out=log_probs))
+    log_probs = iter(log_probs)
+    return [[window_segment(model, s / SAMPLE_RATE, e / SAMPLE_RATE, next(ids), next(log_probs), options)
              for s, e in b] for b in bounds]
+
+
+def window_segment(model, start, end, ids, log_probs, options) -> Segment:
+    """One decoded window -> its Segment: the no-speech score and guard, then (if asked) the words' times."""
+    from nanoaudio.align import no_speech_prob, word_times
+
+    seg = Segment(start, end, ids, model.tokenizer.decode(ids).strip())
+    if log_probs is not None:
+        seg.no_speech_prob = round(no_speech_prob(log_probs), 4)
+        if options.no_speech_threshold is not None and seg.no_speech_prob > options.no_speech_threshold:
+            seg.ids, seg.text = [], ""  # nobody speaks here: whatever the decoder wrote is invented
+    if options.word_timestamps:
+        hop = model.encoder.config.hop_length  # samples per encoder frame (320: 50 frames/s)
+        times = word_times(log_probs, seg.text, start, hop) if log_probs is not None else None
+        seg.aligned = times is not None
+        seg.words = [Word(*t) for t in times] if times is not None else spread(seg.text.split(), start, end)
+    return seg
+
+
+def spread(words: list[str], start: float, end: float) -> list[Word]:
+    """No alignment (no CTC head, or no path): words share the window's time in proportion to their length."""
+    total, t, out = sum(len(w) + 1 for w in words), start, []
+    for w in words:
+        d = (end - start) * (len(w) + 1) / total
+        out.append(Word(w, round(t, 3), round(t + d, 3), 0.0))
+        t += d
+    return out
+
+
+def transcribe_full(model, audio, options: DecodingOptions = DecodingOptions(), on_token=None) -> list[Result]:
+    """Paths or 1-D 16 kHz waveforms -> per file, a Result: the stitched text, the windows' Segments, the
+    stitched words with their times (options.word_timestamps) and the audio's length in seconds."""
+    waves = [as_waveform(a) for a in audio]
+    results = []
+    for wave, segments in zip(waves, decode(model, waves, options, on_token)):
+        words = stitch([s.words for s in segments]) if options.word_timestamps else None
+        results.append(Result(stitch([s.text for s in segments]), segments, words, len(wave) / SAMPLE_RATE))
+    return results
 
 
 def transcribe(model, audio, options: DecodingOptions = DecodingOptions(), on_token=None) -> list[str]:
     """Paths or 1-D 16 kHz waveforms -> their transcripts: windows cut in pauses, decoded, stitched."""
-    waves = [as_waveform(a) for a in audio]
-    return [stitch([s.text for s in segments]) for segments in decode(model, waves, options, on_token)]
+    return [r.text for r in transcribe_full(model, audio, options, on_token)]
 
 
 def evaluate(model, examples, options: DecodingOptions = DecodingOptions()):

@@ -223,19 +223,24 @@ class ASRModel(nn.Module):
 
     @torch.inference_mode()
     def generate_ids(self, waveform, attention_mask=None, max_new_tokens: int = 128, on_token=None,
-                     num_beams: int = 1, ctc_weight: float = 0.0):
+                     num_beams: int = 1, ctc_weight: float = 0.0, ctc_out: list | None = None):
         """(B, S) -> list of B token-id lists, each stopped at the end-of-turn token.
 
         num_beams 1: greedy, the batch at once, with a KV cache (on_token streams it). num_beams > 1: a beam
         search per utterance, whose num_beams transcripts are then ranked by
         (1 - ctc_weight) * log p_decoder + ctc_weight * log p_CTC (see nbest).
+        ctc_out: a list that receives, per utterance, the CTC head's log-probabilities (F_b, 32) float32 (None
+        when the encoder has none), from the same encoder pass: word timestamps and the no-speech score use them.
         """
         if num_beams > 1:
             if on_token is not None:
                 raise NanoaudioError("streaming (on_token) decodes greedily: it cannot be combined with beams")
             return [max(hyps, key=lambda h: (1 - ctc_weight) * h[1] + ctc_weight * h[2])[0]
-                    for hyps in self.nbest(waveform, attention_mask, num_beams, max_new_tokens, ctc_weight > 0)]
-        tokens, token_mask, _, _ = self.encode_audio(waveform, attention_mask)
+                    for hyps in self.nbest(waveform, attention_mask, num_beams, max_new_tokens, ctc_weight > 0,
+                                           ctc_out)]
+        tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
+        if ctc_out is not None:
+            ctc_out += self.ctc_log_probs(frames, frame_mask)
         prompts = [build_prompt(self.tokenizer, self.family, int(n), None, self.config.instruction)
                    for n in token_mask.sum(1)]
         embeds, mask, _ = self._splice(prompts, tokens, token_mask, left_pad=True)
@@ -245,7 +250,8 @@ class ASRModel(nn.Module):
         return [until_eos(row, eos) for row in out.tolist()]
 
     @torch.inference_mode()
-    def nbest(self, waveform, attention_mask=None, num_beams: int = 4, max_new_tokens: int = 128, ctc: bool = True):
+    def nbest(self, waveform, attention_mask=None, num_beams: int = 4, max_new_tokens: int = 128, ctc: bool = True,
+              ctc_out: list | None = None):
         """(B, S) -> per utterance, the decoder's beam search's num_beams transcripts, best first:
         [(ids without the end-of-turn token, decoder log-probability, CTC log-probability), ...].
 
@@ -254,10 +260,13 @@ class ASRModel(nn.Module):
         frame-level model checks the decoder's guesses against the audio, character by character. Joint
         CTC/attention decoding (Watanabe et al., 2017, arXiv:1706.00612) scores each prefix during the search;
         rescoring the finished beams is the simple form of it. ctc=False (or no CTC head): 0.0 in its place.
+        ctc_out: as generate_ids'.
         """
         tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
         ctc = ctc and self.encoder.lm_head is not None
         log_probs = self.encoder.ctc_logits(frames).float().log_softmax(-1) if ctc else None  # (B, F, 32)
+        if ctc_out is not None:
+            ctc_out += self.ctc_log_probs(frames, frame_mask)
         eos, result = self.decoder.eos_token_ids, []
         for b in range(len(tokens)):
             n = int(token_mask[b].sum())
@@ -271,6 +280,14 @@ class ASRModel(nn.Module):
                 hyps.append((ids, score, self.ctc_log_prob(frames_b, ids) if ctc else 0.0))
             result.append(hyps)
         return result
+
+    def ctc_log_probs(self, frames, frame_mask) -> list:
+        """Encoder frames (B, F, Ce), frame mask (B, F) -> per utterance, its CTC log-probabilities (F_b, 32)
+        float32 on the CPU; [None] * B when the encoder has no CTC head (a Whisper encoder)."""
+        if self.encoder.lm_head is None:
+            return [None] * len(frames)
+        log_probs = self.encoder.ctc_logits(frames).float().log_softmax(-1).cpu()  # (B, F, 32)
+        return [lp[:n] for lp, n in zip(log_probs, frame_mask.sum(1).tolist())]
 
     def ctc_log_prob(self, log_probs, ids) -> float:
         """log p_CTC(transcript | audio): log_probs (F, 32) of one utterance, ids a decoded transcript."""
