@@ -334,6 +334,101 @@ def evaluate(model, evals, args, step, out):
 
 
 # -----------------------------------------------------------------------------
+# the pieces of a run
+
+
+def setup_device(args):
+    """-> (device, rank, world). torchrun sets RANK/WORLD_SIZE: one process per device, gloo on CPU, nccl on GPU."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_device(str(device), flag="--device")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def check_budget(model, args, device, master):
+    """Print the training-memory estimate; refuse a run that cannot fit on the GPU before it starts."""
+    from nanoaudio.budget import estimate_for_model, format_budget
+
+    budget = estimate_for_model(model, batch_size=args.batch_size, audio_seconds=args.max_audio_seconds,
+                                precision=args.precision, grad_checkpointing=args.grad_checkpointing)
+    if master:
+        print(format_budget(budget))
+    if device.type == "cuda" and budget.total_bytes > torch.cuda.get_device_properties(device).total_memory:
+        raise NanoaudioError(f"estimated {budget.total_bytes / 2**30:.1f} GiB exceeds {device}'s memory: lower "
+                             f"--batch-size, add --grad-checkpointing or pick a smaller --decoder")
+
+
+def catch_signals():
+    """Ctrl-C, or SIGTERM (kill, timeout, schedulers, container stops): the loop finishes its step, saves, exits."""
+    stop = {"signal": None}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: stop.update(signal=signum))
+    return stop
+
+
+def train_step(run, micro_batches, p: Plan):
+    """One optimizer step over grad_accum micro-batches -> (loss, decoder loss, CTC loss, grad norm).
+
+    The decoder loss is a mean over label tokens: each micro-batch, on each rank, is weighted by its share of the
+    step's label tokens, so that accumulation and DDP (which averages the ranks' gradients) give the gradient of
+    one batch holding them all. CTC is a mean over utterances: a plain average."""
+    model, args = run.model, run.args
+    n_labels = [label_tokens(model, batch) for batch in micro_batches]
+    step_labels = torch.tensor(float(sum(n_labels)), device=run.device)
+    if run.world > 1:
+        dist.all_reduce(step_labels)
+    total = lm_total = ctc_total = 0.0
+    for micro, batch in enumerate(micro_batches):
+        wave, mask, texts = to_device(batch, run.device, run.pad_samples, run.normalize)
+        last = micro == len(micro_batches) - 1
+        sync = run.train_model.no_sync() if run.world > 1 and not last else contextlib.nullcontext()
+        with sync, run.autocast:
+            losses = run.train_model(wave, mask, texts, lm=p.lm)
+            loss = losses["lm_loss"] * (n_labels[micro] * run.world / step_labels)  # 1: one process, one batch
+            if losses["ctc_loss"] is not None:
+                loss = loss + model.config.ctc_weight * losses["ctc_loss"] / args.grad_accum
+        loss.backward()
+        total += loss.item()
+        lm_total += losses["lm_loss"].item() / args.grad_accum
+        ctc_total += losses["ctc_loss"].item() / args.grad_accum if losses["ctc_loss"] is not None else 0.0
+    if run.world > 1:  # log the whole batch's loss, not this rank's share of it
+        total_t = torch.tensor(total, device=run.device)
+        dist.all_reduce(total_t)
+        total = total_t.item() / run.world
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, args.clip).item()
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total, lm_total, ctc_total, grad_norm
+
+
+def finish(run, step, log, stopped_by, audio_seconds, t_start, save):
+    """The end of a run (rank 0): the last checkpoint, the final evaluation, loss.png and summary.json."""
+    out, args = Path(run.args.out), run.args
+    if not (log and args.save_every and step % args.save_every == 0):
+        save()
+    if stopped_by is not None:  # interrupted: saved; the evaluation can wait for the resumed run
+        print(f"stopped by {signal.Signals(stopped_by).name}: {step} steps, checkpoint {out / 'last'}; "
+              f"continue with: python train.py --resume {out / 'last'}")
+        results = {}
+    else:
+        results = log[-1]["eval_wer"] if log and "eval_wer" in log[-1] else evaluate(run.model, run.evals, args,
+                                                                                      step, out)
+    plot_loss(out)
+    skipped = run.train_batches.skipped_report() if hasattr(run.train_batches, "skipped_report") else None
+    summary = {"step": step, "minutes": (time.time() - t_start) / 60, "audio_hours": audio_seconds / 3600,
+               "wer": results, "skipped": skipped}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"done: {step} steps in {summary['minutes']:.1f} min; checkpoint {out / 'last'}; WER {results}")
+    if skipped:
+        print(f"skipped files: {skipped}")
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -343,23 +438,14 @@ def main(argv=None):
     # Set before the first op: each of torch's worker threads copies the flag from the thread that starts it.
     torch.set_flush_denormal(True)
     args = parse_args(argv)
-    # distributed: torchrun sets RANK/WORLD_SIZE; gloo on CPU, nccl on GPU
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    check_device(str(device), flag="--device")
-    if ddp:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
+    device, rank, world = setup_device(args)
+    master, out = rank == 0, Path(args.out)
     args.precision = resolve_precision(args.precision, device)
     torch.manual_seed(args.seed)  # same init on every rank; data differs by shard
     random.seed(args.seed)
     np.random.seed(args.seed)
-    out = Path(args.out)
 
+    # the model, the data, the optimizer; a resumed run takes all three back from its checkpoint
     if args.resume:
         from nanoaudio.model import ASRModel
 
@@ -372,40 +458,28 @@ def main(argv=None):
         raise NanoaudioError("--encoder-first trains the encoder alone on its CTC loss: it needs a from-scratch model "
                              "with --ctc-weight > 0 (the tiny preset)")
     train_batches, easy_batches, evals = build_data(args, model, rank, world)
-
-    from nanoaudio.budget import estimate_for_model, format_budget
-
-    budget = estimate_for_model(model, batch_size=args.batch_size, audio_seconds=args.max_audio_seconds,
-                                precision=args.precision, grad_checkpointing=args.grad_checkpointing)
-    if master:
-        print(format_budget(budget))
-    if device.type == "cuda" and budget.total_bytes > torch.cuda.get_device_properties(device).total_memory:
-        raise NanoaudioError(f"estimated {budget.total_bytes / 2**30:.1f} GiB exceeds {device}'s memory: lower "
-                             f"--batch-size, add --grad-checkpointing or pick a smaller --decoder")
-
+    check_budget(model, args, device, master)
     params, optimizer = optimizer_for(model, args, device)
     trainer = load_trainer_state(args.resume, optimizer, train_batches, easy_batches) if args.resume else {}
     step, stage2 = trainer.get("step", 0), trainer.get("stage2_step")
     elapsed_before = trainer.get("elapsed", 0.0)  # the clock of a --minutes run continues across resumes
     train_model = model
-    if ddp:  # two stages: the decoder sits out the first, the encoder the second (DDP must expect that)
+    if world > 1:  # two stages: the decoder sits out the first, the encoder the second (DDP must expect that)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(args.encoder_first))
     if args.compile:
         model.decoder = torch.compile(model.decoder)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
-                else contextlib.nullcontext())
-    # CPU bf16: oneDNN builds its AMX kernels for each new shape, and length-bucketed batches bring a new length
-    # almost every step; padded to a multiple of 0.5 s, the few lengths are built once (tiny encoder step:
-    # fp32 136 ms, bf16 155 ms unpadded, 103 ms padded).
-    pad_samples = 8000 if args.precision == "bf16" and device.type == "cpu" else 1
-    normalize = getattr(model.encoder, "normalize_audio", True)
-
-    # Ctrl-C, or SIGTERM (kill, timeout, schedulers, container stops): finish the current step, save, exit
-    stop = {"signal": None}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _: stop.update(signal=signum))
+    run = argparse.Namespace(
+        args=args, model=model, train_model=train_model, optimizer=optimizer, params=params, device=device,
+        world=world, evals=evals, train_batches=train_batches, normalize=getattr(model.encoder, "normalize_audio", True),
+        autocast=(torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
+                  else contextlib.nullcontext()),
+        # CPU bf16: oneDNN builds its AMX kernels for each new shape, and length-bucketed batches bring a new
+        # length almost every step; padded to a multiple of 0.5 s, the few lengths are built once (tiny encoder
+        # step: fp32 136 ms, bf16 155 ms unpadded, 103 ms padded)
+        pad_samples=8000 if args.precision == "bf16" and device.type == "cpu" else 1)
+    stop = catch_signals()
 
     from tqdm import tqdm
 
@@ -424,12 +498,13 @@ def main(argv=None):
 
     while step < args.steps:
         elapsed = time.time() - t_start
-        if ddp:  # every rank must use the same lr and stop after the same step: agree on the slowest clock
+        if world > 1:  # every rank must use the same lr and stop after the same step: agree on the slowest clock
             agreed = torch.tensor([elapsed, float(stop["signal"] is not None)], device=device)
             dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
             elapsed, stop["signal"] = agreed[0].item(), stop["signal"] or (signal.SIGTERM if agreed[1] else None)
         if stop["signal"] is not None or (budget_s and elapsed >= budget_s):
             break
+        # what this step does: the stage, the learning rates, whether the encoder trains, where the data comes from
         p = plan(step, max(step / args.steps, elapsed / budget_s if budget_s else 0.0), stage2, args,
                  model.config.train_encoder)
         stage2 = p.stage2
@@ -438,77 +513,37 @@ def main(argv=None):
         for g in optimizer.param_groups:
             g["lr"] = p.encoder_lr if g["encoder"] else p.lr
 
-        # one step: grad_accum micro-batches. The decoder loss is a mean over label tokens: each micro-batch, on
-        # each rank, is weighted by its share of the step's label tokens, so that accumulation and DDP (which
-        # averages the ranks' gradients) give the gradient of one batch holding them all. CTC is a mean over
-        # utterances: a plain average.
+        # one step
         t0 = time.time()
         micro_batches = [next(easy if p.easy and easy is not None else batches) for _ in range(args.grad_accum)]
-        n_labels = [label_tokens(model, batch) for batch in micro_batches]
-        step_labels = torch.tensor(float(sum(n_labels)), device=device)
-        if ddp:
-            dist.all_reduce(step_labels)
-        loss_sum, n_audio, lm_sum, ctc_sum = 0.0, 0.0, 0.0, 0.0
-        for micro, batch in enumerate(micro_batches):
-            wave, mask, texts = to_device(batch, device, pad_samples, normalize)
-            n_audio += sum(ex.seconds for ex in batch)
-            sync = contextlib.nullcontext() if (not ddp or micro == args.grad_accum - 1) else train_model.no_sync()
-            with sync, autocast:
-                losses = train_model(wave, mask, texts, lm=p.lm)
-                loss = losses["lm_loss"] * (n_labels[micro] * world / step_labels)  # 1 with one process, one batch
-                if losses["ctc_loss"] is not None:
-                    loss = loss + model.config.ctc_weight * losses["ctc_loss"] / args.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-            lm_sum += losses["lm_loss"].item() / args.grad_accum
-            ctc_sum += losses["ctc_loss"].item() / args.grad_accum if losses["ctc_loss"] is not None else 0.0
-        if ddp:  # log the whole batch's loss, not rank 0's share of it
-            batch_loss = torch.tensor(loss_sum, device=device)
-            dist.all_reduce(batch_loss)
-            loss_sum = batch_loss.item() / world
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip).item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, lm_loss, ctc_loss, grad_norm = train_step(run, micro_batches, p)
         step += 1
+        n_audio = sum(ex.seconds for batch in micro_batches for ex in batch) * world
         audio_seconds += n_audio
-
-        rec = {"step": step, "loss": loss_sum, "lr": p.lr, "grad_norm": grad_norm,
-               "audio_s_per_s": n_audio * world / (time.time() - t0), "time": time.time() - t_start}
+        rec = {"step": step, "loss": loss, "lr": p.lr, "grad_norm": grad_norm,
+               "audio_s_per_s": n_audio / (time.time() - t0), "time": time.time() - t_start}
         if model.config.ctc_weight > 0:
-            rec["lm_loss"], rec["ctc_loss"] = lm_sum, ctc_sum
+            rec["lm_loss"], rec["ctc_loss"] = lm_loss, ctc_loss
         log.append(rec)
-        if master:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{p.lr:.2e}", gnorm=f"{grad_norm:.2f}",
-                            audio=f"{rec['audio_s_per_s']:.0f}s/s")
-            bar.total = expected_steps(args.steps, step, first_step, time.time() - t_start - elapsed_before,
-                                       budget_s and budget_s - elapsed_before)
-            bar.update(1)
-            # once in a while: evaluate (not in stage 1: the decoder has not trained yet), save
-            if args.eval_every and step % args.eval_every == 0 and p.lm:
-                rec["eval_wer"] = evaluate(model, evals, args, step, out)
-            if args.save_every and step % args.save_every == 0:
-                save()
+        if not master:
+            continue
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{p.lr:.2e}", gnorm=f"{grad_norm:.2f}",
+                        audio=f"{rec['audio_s_per_s']:.0f}s/s")
+        bar.total = expected_steps(args.steps, step, first_step, time.time() - t_start - elapsed_before,
+                                   budget_s and budget_s - elapsed_before)
+        bar.update(1)
+
+        # once in a while: evaluate (not in stage 1: the decoder has not trained yet), save
+        if args.eval_every and step % args.eval_every == 0 and p.lm:
+            rec["eval_wer"] = evaluate(model, evals, args, step, out)
+        if args.save_every and step % args.save_every == 0:
+            save()
     bar.close()
     if master:
-        if not (log and args.save_every and step % args.save_every == 0):
-            save()
-        if stop["signal"] is not None:  # interrupted: saved; the evaluation can wait for the resumed run
-            print(f"stopped by {signal.Signals(stop['signal']).name}: {step} steps, checkpoint {out / 'last'}; "
-                  f"continue with: python train.py --resume {out / 'last'}")
-            results = {}
-        else:
-            results = log[-1]["eval_wer"] if log and "eval_wer" in log[-1] else evaluate(model, evals, args, step, out)
-        plot_loss(out)
-        skipped = train_batches.skipped_report() if hasattr(train_batches, "skipped_report") else None
-        summary = {"step": step, "minutes": (time.time() - t_start) / 60, "audio_hours": audio_seconds / 3600,
-                   "wer": results, "skipped": skipped}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"done: {step} steps in {summary['minutes']:.1f} min; checkpoint {out / 'last'}; WER {results}")
-        if skipped:
-            print(f"skipped files: {skipped}")
-    if ddp:
+        finish(run, step, log, stop["signal"], audio_seconds, t_start, save)
+    if world > 1:
         dist.destroy_process_group()
 
 
