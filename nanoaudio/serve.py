@@ -41,6 +41,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, float_in, int_in, positive_float, positive_int, run_cli
@@ -237,6 +239,7 @@ class Job:
 
     def __init__(self, ask: Ask, tokenizer, eos):
         self.wave, self.options, self.stream = ask.wave, ask.options, ask.stream
+        self.logprobs = ask.format == "verbose_json" and "segment" in ask.granularities  # avg_logprob wanted
         self.loop = asyncio.get_running_loop()
         self.result = self.loop.create_future()
         self.events = asyncio.Queue() if ask.stream else None  # stream=true: deltas, then None
@@ -258,7 +261,8 @@ class Job:
     # window, in order (a window's text waits until those before it have ended)
 
     def start_stream(self, n_windows: int):
-        self.ids, self.ended, self.current, self.shown = [[] for _ in range(n_windows)], [False] * n_windows, 0, ""
+        self.ids, self.ended = [[] for _ in range(n_windows)], [False] * n_windows
+        self.current, self.shown, self.sent = 0, "", False  # the window being sent, its text so far, any before it
 
     def on_token(self, k: int, token: int):
         if self.ended[k]:
@@ -276,10 +280,11 @@ class Job:
     def flush(self):
         while True:
             k = self.current
-            # the whole window's text so far: one token can be part of a character (byte-level BPE), shown
-            # once the character is complete (decode writes U+FFFD for an incomplete one)
-            text = (" " if k else "") + self.tokenizer.decode(self.ids[k]).strip()
-            text = text.rstrip("\ufffd") if not self.ended[k] else text
+            # the window's whole text so far, decoded again: one token can be part of a character (byte-level
+            # BPE), which decode writes as U+FFFD until its last byte has come
+            text = self.tokenizer.decode(self.ids[k]).strip()
+            text = text if self.ended[k] else text.rstrip("\ufffd")
+            text = " " + text if self.sent and text else text  # a space between windows' texts
             if len(text) > len(self.shown):
                 delta = text[len(self.shown):]
                 self.loop.call_soon_threadsafe(self.events.put_nowait,
@@ -287,7 +292,7 @@ class Job:
                 self.shown = text
             if not self.ended[k] or k == len(self.ids) - 1:
                 return
-            self.current, self.shown = k + 1, ""
+            self.current, self.shown, self.sent = k + 1, "", self.sent or bool(self.shown)
 
 
 class Router:
@@ -353,6 +358,7 @@ class Worker:
             results = transcribe_full(self.model, [j.wave for j in jobs], options, on_token=router)
             if router is not None:
                 router.end_chunk()
+            self.score([(j, r) for j, r in zip(jobs, results) if j.logprobs])
         except Exception as e:  # a bug, or out of memory: this batch's requests get a 500, the next batch runs
             print(f"nanoaudio.serve: decoding failed: {type(e).__name__}: {e}", file=sys.stderr)
             for job in jobs:
@@ -361,6 +367,26 @@ class Worker:
         self.batches += 1
         for job, result in zip(jobs, results):
             job.finish(result)
+
+
+    @torch.inference_mode()
+    def score(self, pairs):
+        """Set each segment's avg_logprob, whisper's: the mean log-probability of its tokens and the end-of-turn
+        token. Decoding does not return them, so the decoder reads each window's transcript again, teacher-forced
+        on the window's audio (ASRModel.forward's per-sample loss): one more batched pass, for verbose_json only.
+        (The text is encoded again from the string: for this tokenizer that gives back the decoded ids.)"""
+        from nanoaudio.audio import batch_audio
+
+        segments = [(job.wave, s) for job, result in pairs for s in result.segments]
+        device = next(self.model.decoder.parameters()).device
+        normalize = getattr(self.model.encoder, "normalize_audio", True)  # HuBERT: normalized; Whisper: raw
+        for i in range(0, len(segments), BATCH_WINDOWS):
+            part = segments[i:i + BATCH_WINDOWS]
+            wave, mask = batch_audio([w[round(s.start * SAMPLE_RATE):round(s.end * SAMPLE_RATE)] for w, s in part],
+                                     normalize=normalize)
+            nll = self.model(wave.to(device), mask.to(device), [s.text for _, s in part])["per_sample"]  # (B,)
+            for (_, s), x in zip(part, nll.tolist()):
+                s.avg_logprob = round(-x, 4)
 
 
 # -----------------------------------------------------------------------------
@@ -380,7 +406,7 @@ def verbose_json(result, granularities) -> dict:
             "id": i, "seek": round(s.start * 100),  # whisper's seek: the window's start in 10 ms mel frames
             "start": round(s.start, 3), "end": round(s.end, 3), "text": s.text, "tokens": s.ids,
             "temperature": 0.0,  # deterministic decoding: greedy or beam search
-            "avg_logprob": 0.0,  # not computed: decoding does not return log-probabilities (see the README)
+            "avg_logprob": s.avg_logprob,  # set by Worker.score
             "compression_ratio": compression_ratio(s.text),
             "no_speech_prob": float(s.no_speech_prob or 0.0),
         } for i, s in enumerate(result.segments)]
@@ -391,7 +417,8 @@ def verbose_json(result, granularities) -> dict:
 
 
 def subtitles(result, fmt: str) -> str:
-    """SRT or WebVTT cues cut from the words' times (nanoaudio/subtitles.py, as sample.py writes them)."""
+    """SRT or WebVTT: cues cut from the words' times (nanoaudio/subtitles.py: lines of at most 42 characters, a new
+    cue after a pause)."""
     from nanoaudio.subtitles import WRITERS, cues
 
     return WRITERS[fmt](cues(result.words or [], duration=result.duration))

@@ -141,6 +141,7 @@ def test_verbose_json_segments_and_word_timestamps(client):
     assert seg.text == "four two seven" and seg.temperature == 0.0
     assert seg.tokens and all(isinstance(t, int) for t in seg.tokens)
     assert 0 <= seg.no_speech_prob <= 1 and seg.compression_ratio > 0
+    assert -1 < seg.avg_logprob < 0  # whisper's rule: below -1 the decode has failed; this one is sure of itself
 
 
 def test_verbose_json_granularities(client, clips):
@@ -155,6 +156,23 @@ def test_stream_sends_deltas_then_the_text(client, clips):
     assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and len(events) > 2
     assert events[-1].type == "transcript.text.done" and events[-1].text == CLIPS["b"]
     assert "".join(e.delta for e in events[:-1]) == CLIPS["b"]
+
+
+def test_streams_batched_together_and_over_several_windows(client, clips):
+    """Streams arriving together share one greedy batch, whose rows the server routes back to each request; a
+    file longer than the model's 4 s window streams window after window, and the done event has the stitched
+    text, the same as without streaming."""
+    pause = torch.zeros(SAMPLE_RATE // 2)
+    long = wav_bytes(torch.cat([x for k in "abc" for x in (synth.speak(CLIPS[k], "en-us", 160, 50), pause)]))
+    expected = " ".join(CLIPS[k] for k in "abc")
+    assert transcribe(client, long).text == expected  # 5.5 s: two windows
+    data = [long, clips["a"], clips["b"], clips["c"]]
+    with concurrent.futures.ThreadPoolExecutor(len(data)) as pool:
+        streams = list(pool.map(lambda d: list(transcribe(client, d, stream=True)), data))
+    for events, text in zip(streams, [expected, CLIPS["a"], CLIPS["b"], CLIPS["c"]]):
+        assert events[-1].type == "transcript.text.done" and events[-1].text == text
+        deltas = "".join(e.delta for e in events[:-1])
+        assert deltas.startswith(text.split()[0]) and set(deltas.split()) == set(text.split()), deltas
 
 
 def test_models_and_health(client, server):
