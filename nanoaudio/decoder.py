@@ -302,7 +302,10 @@ class Decoder(nn.Module):
         residual = None  # x: the last branch's output, residual: the stream before it (see DecoderLayer)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, residual = checkpoint(layer, x, residual, cos, sin, mask, cache, use_reentrant=False)
+                # a checkpointed layer keeps its inputs for the backward's recompute: hand it one tensor, the
+                # stream itself, rather than two (that add is unfused; the one after attention still is)
+                x = x if residual is None else x + residual
+                x, residual = checkpoint(layer, x, None, cos, sin, mask, cache, use_reentrant=False)
             else:
                 x, residual = layer(x, residual, cos, sin, mask, cache)
         if cache is not None:
