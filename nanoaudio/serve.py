@@ -62,7 +62,9 @@ PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 def require_extra():
     """The serve extra's packages, or one line saying how to install them."""
     try:
-        import fastapi, python_multipart, uvicorn  # noqa: F401, E401
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as e:
         need = "" if sys.version_info >= (3, 11) else f" (it needs Python >= 3.11; this is {sys.version.split()[0]})"
         raise NanoaudioError(f"the server needs the serve extra, {e.name} is missing: "
@@ -207,7 +209,7 @@ def check_fields(fields, files, model_id: str, beams: int) -> dict:
     if "word" in grains or fmt in ("srt", "vtt"):  # subtitles: cues cut from the words' times
         options = dataclasses.replace(options, word_timestamps=True)
     granularities = tuple(g for g in GRANULARITIES if g in grains) or ("segment",)
-    return dict(format=fmt, granularities=granularities, stream=stream, options=options)
+    return {"format": fmt, "granularities": granularities, "stream": stream, "options": options}
 
 
 def read_audio(data: bytes, max_seconds: float):

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -229,6 +228,18 @@ def test_missing_fields_are_400_not_422(server, clips):
     assert r.status_code == 400 and error_of(r)["code"] == "invalid_content_type"
     r = httpx.get(f"{server[0]}/v1/nothing")
     assert r.status_code == 404 and error_of(r)
+
+
+def test_size_limit_from_the_headers_alone(server):
+    """A Content-Length over the limit is refused before any of the body is read: here none is ever sent."""
+    port = int(server[0].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n"
+                  b"Content-Type: multipart/form-data; boundary=x\r\n\r\n")
+        answer = b""
+        while b"file_too_large" not in answer and (chunk := s.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"file_too_large" in answer, answer
 
 
 def test_size_limit_without_content_length(server):
