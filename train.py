@@ -50,7 +50,10 @@ def build_parser():
     # the model
     a("--decoder", default="qwen3-8b", help="decoder LLM: qwen3-8b, smollm3-3b, qwen3-0.6b/1.7b/4b, llama-3.2-1b/3b, "
       "a folder or a hub id")
-    a("--encoder", default="hubert-xlarge", help="audio encoder: hubert-xlarge, hubert-large, a folder or a hub id")
+    a("--encoder", default="hubert-xlarge", help="audio encoder: hubert-xlarge, hubert-large, whisper-large-v3, "
+      "whisper-large-v3-turbo, whisper-small/base/tiny, a folder or a hub id")
+    a("--true-length", action="store_true", help="Whisper encoders: encode each utterance's true length (Ultravox's "
+      "choice) instead of padding it to 30 s (Whisper's training); recorded in the checkpoint")
     a("--projector", default="linear", choices=["linear", "swiglu", "mlp"], help="the course's (linear) or its "
       "exercise (swiglu)")
     a("--stack", default=5, type=positive_int, help="encoder frames stacked into one audio token (k): 50/s -> 10/s")
@@ -114,6 +117,12 @@ PRESETS = {
                  warmup=100, precision="auto", eval_every=2500, eval_samples=100, save_every=500,
                  ctc_weight=0.5, encoder_first=0.4, easy_steps=700, encoder_rejoin=700,
                  max_audio_seconds=8.0, lora_r=0, weight_decay=0.0),
+    # The same with a Whisper-style encoder (log-mel front end; nanoaudio/tiny.py WHISPER_ENCODER). It has no CTC
+    # head, so it trains in one stage, everything together, the decoder's first 700 steps on digit strings.
+    "tiny-whisper": dict(decoder="tiny", encoder="tiny-whisper", out="out/tiny-whisper", steps=100_000,
+                         batch_size=8, lr=3e-3, warmup=100, precision="auto", eval_every=2500, eval_samples=100,
+                         save_every=500, ctc_weight=0.0, encoder_first=0.0, easy_steps=700, max_audio_seconds=8.0,
+                         lora_r=0, weight_decay=0.0),
     # The course's recipe on LibriSpeech train-clean-100 (one 80 GB GPU).
     "librispeech-qwen3-8b": dict(decoder="qwen3-8b", encoder="hubert-xlarge", out="out/qwen3-8b", steps=20_000,
                                  batch_size=8, grad_accum=4, lr=1e-4, warmup=500, grad_checkpointing=True),
@@ -228,6 +237,10 @@ def build_model(args, device):
     # frozen weights in the training dtype: bf16 halves their memory, and autocast computes in bf16 anyway
     frozen_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     encoder = load_encoder(args.encoder, dtype=frozen_dtype, device=device)
+    if args.true_length:
+        if not hasattr(encoder.config, "pad_to_30s"):
+            raise NanoaudioError(f"--true-length is for Whisper encoders; {args.encoder} is not one")
+        encoder.config = dataclasses.replace(encoder.config, pad_to_30s=False)
     decoder = load_decoder(args.decoder, dtype=frozen_dtype, device=device)
     tokenizer = load_tokenizer(args.decoder)
     # dimensions always come from the real configs (the course's 2048 for Qwen3-8B is wrong: 4096)
@@ -253,7 +266,7 @@ def build_model(args, device):
 def build_data(args, model, rank, world):
     from nanoaudio.data import Batches, open_dataset
 
-    if args.decoder == "tiny" and args.data is None:
+    if args.decoder == "tiny" and args.data is None:  # (both tiny presets share the synthesized data)
         from nanoaudio.tiny import tiny_data
 
         # DDP: rank 0 synthesizes the data; the others wait, then find it on disk (tiny_data reuses it)
@@ -454,6 +467,9 @@ def main(argv=None):
         model = build_model(args, device)
     model.decoder.gradient_checkpointing = args.grad_checkpointing
     model.to(device).train()
+    if model.config.ctc_weight > 0 and model.encoder.lm_head is None:
+        raise NanoaudioError(f"--ctc-weight {model.config.ctc_weight}: the encoder ({args.encoder}) has no CTC head "
+                             f"(Whisper's never has): pass --ctc-weight 0")
     if args.encoder_first and not (model.config.from_scratch and model.config.ctc_weight > 0):
         raise NanoaudioError("--encoder-first trains the encoder alone on its CTC loss: it needs a from-scratch model "
                              "with --ctc-weight > 0 (the tiny preset)")

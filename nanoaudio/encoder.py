@@ -30,8 +30,8 @@ from torch import nn
 
 from nanoaudio import NanoaudioError
 from nanoaudio.config import EncoderConfig
-from nanoaudio.load import (atomic_file, DTYPES, ENCODERS, convert_bin_to_safetensors, load_state, parse_dtype, read_json,
-                            read_tensors, resolve, safetensors_files)
+from nanoaudio.load import (DTYPES, ENCODERS, atomic_file, convert_bin_to_safetensors, load_state, parse_dtype,
+                            read_json, read_tensors, resolve, safetensors_files)
 from nanoaudio.nn import attention
 from nanoaudio.whisper import WhisperEncoder, load_whisper_encoder
 
@@ -338,6 +338,20 @@ def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     the output and input channels, so g is (1, 1, K) and v is (C, C / groups, K). Done in float64, once."""
     v = v.double()
     return g.double() * v / v.norm(dim=(0, 1), keepdim=True)
+
+
+def encoder_from_config(hf: dict, source="config.json") -> "HubertEncoder | WhisperEncoder":
+    """A randomly initialised encoder (or, under torch.device("meta"), shapes only) from a config.json dict: HuBERT
+    or Whisper by its model_type. The tiny preset builds its encoder this way, and ASRModel.load rebuilds one."""
+    from nanoaudio.config import WhisperEncoderConfig
+
+    model_type = hf.get("model_type", "hubert") if isinstance(hf, dict) else None
+    if model_type == "whisper":
+        return WhisperEncoder(WhisperEncoderConfig.from_hf_config(hf, source=source))
+    if model_type != "hubert":
+        raise NanoaudioError(f"{source}: model_type {model_type!r} is not an encoder nanoaudio builds (hubert or "
+                             f"whisper)")
+    return HubertEncoder(EncoderConfig.from_hf_config(hf, source=source))
 
 
 def load_encoder(name_or_path, dtype=None, device="cpu") -> "HubertEncoder | WhisperEncoder":

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoaudio import NanoaudioError
-from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig
+from nanoaudio.config import DecoderConfig, ProjectorConfig
 from nanoaudio.decoder import until_eos
 from nanoaudio.load import atomic_dir, load_state, read_json, read_tensors
 from nanoaudio.text import normalize_text
@@ -119,6 +119,8 @@ class ASRModel(nn.Module):
             if "lora_" in name:
                 p.requires_grad_(True)
         self.encoder.requires_grad_(self.config.train_encoder if encoder is None else encoder)
+        if hasattr(self.encoder, "embed_positions"):
+            self.encoder.embed_positions.requires_grad_(False)  # Whisper's: a fixed table, as Whisper trained it
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -130,7 +132,8 @@ class ASRModel(nn.Module):
 
     def encode_frames(self, waveform, attention_mask=None):
         """(B, S) samples -> encoder frames (B, F, Ce), frame mask (B, F) bool."""
-        waveform = waveform.to(next(self.encoder.parameters()).dtype)  # a bf16 encoder takes bf16 samples
+        if self.encoder.normalize_audio:  # a bf16 HuBERT takes bf16 samples; Whisper's log-mel runs in fp32 first
+            waveform = waveform.to(next(self.encoder.parameters()).dtype)
         with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
             frames = self.encoder(waveform, attention_mask)  # (B, F, Ce)
         if attention_mask is None:
@@ -342,7 +345,7 @@ class ASRModel(nn.Module):
     @classmethod
     def load(cls, folder, dtype=None, device="cpu") -> "ASRModel":
         from nanoaudio.decoder import Decoder, load_decoder
-        from nanoaudio.encoder import HubertEncoder, load_encoder
+        from nanoaudio.encoder import encoder_from_config, load_encoder
         from nanoaudio.lora import apply_lora, load_adapter
         from nanoaudio.projector import AudioProjector
         from nanoaudio.tokenizer import load_tokenizer
@@ -363,15 +366,19 @@ class ASRModel(nn.Module):
         def part(prefix):
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+        source = f"{folder / 'config.json'}: encoder.config"
         if config.from_scratch:
             with torch.device("meta"):
-                encoder = HubertEncoder(EncoderConfig.from_hf_config(config.encoder["config"]))
+                encoder = encoder_from_config(config.encoder["config"], source)  # HuBERT or Whisper
                 decoder = Decoder(DecoderConfig.from_hf_config(config.decoder["config"]))
             load_state(encoder, part("encoder."), folder / "model.safetensors")
             decoder.load_weights(part("decoder."), folder / "model.safetensors")
         else:
             encoder = load_encoder(config.encoder["name"], dtype=dtype, device=device)
             decoder = load_decoder(config.decoder["name"], dtype=dtype, device=device)
+            if hasattr(encoder.config, "pad_to_30s"):  # Whisper: the input mode it trained with (30 s or true length)
+                encoder.config = dataclasses.replace(encoder.config,
+                                                     pad_to_30s=config.encoder["config"].get("pad_to_30s", True))
         with torch.device("meta"):
             projector = AudioProjector(ProjectorConfig(**config.projector))
         load_state(projector, part("projector."), folder / "model.safetensors")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from nanoaudio import NanoaudioError
 from nanoaudio.model import CTC_VOCAB
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -38,6 +39,14 @@ ENCODER = dict(
     num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8, layer_norm_eps=1e-5, feat_proj_layer_norm=True,
     hidden_dropout=0.05, attention_dropout=0.05, activation_dropout=0.0, feat_proj_dropout=0.05, final_dropout=0.0,
     layerdrop=0.0, vocab_size=len(CTC_VOCAB), pad_token_id=0,
+)
+# The same preset with a Whisper-style encoder (`train.py --preset tiny-whisper`): a log-mel front end (80 bins),
+# 2 convs (stride 2 -> 50 frames/s), 4 pre-LN layers of width 192. No CTC head (Whisper has none), so it trains in
+# one stage, and on its true length (pad_to_30s False: 30 s of padding per utterance would be 10x the compute).
+WHISPER_ENCODER = dict(
+    model_type="whisper", architectures=["WhisperForConditionalGeneration"], num_mel_bins=80, d_model=192,
+    encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=768, max_source_positions=500,  # 10 s
+    activation_function="gelu", dropout=0.05, pad_to_30s=False,
 )
 DECODER = dict(
     model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=256, intermediate_size=768,
@@ -106,26 +115,30 @@ def build_tiny(args, device):
     """A randomly initialised ASRModel of the tiny preset's sizes (args: stack, projector, seed)."""
     import dataclasses
 
-    from nanoaudio.config import DecoderConfig, EncoderConfig, ProjectorConfig
+    from nanoaudio.config import DecoderConfig, ProjectorConfig
     from nanoaudio.decoder import Decoder
-    from nanoaudio.encoder import HubertEncoder
+    from nanoaudio.encoder import encoder_from_config
     from nanoaudio.model import ASRConfig, ASRModel
     from nanoaudio.projector import AudioProjector
 
     tokenizer = train_tokenizer(tiny_vocab())
     decoder_cfg = dict(DECODER, vocab_size=-(-tokenizer.vocab_size // 64) * 64,  # a multiple of 64, as real ones
                        eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id, bos_token_id=None)
-    encoder = HubertEncoder(EncoderConfig.from_hf_config(ENCODER))
-    with torch.no_grad():
-        conv0 = encoder.feature_extractor.conv_layers[0].conv.weight  # (128, 1, 80)
-        conv0.copy_(filterbank(channels=conv0.shape[0], kernel=conv0.shape[2]))
+    if args.encoder not in ("tiny", "tiny-whisper"):
+        raise NanoaudioError(f"--encoder {args.encoder}: the tiny preset builds its own encoder (tiny or tiny-whisper)")
+    encoder_cfg = WHISPER_ENCODER if args.encoder == "tiny-whisper" else ENCODER
+    encoder = encoder_from_config(encoder_cfg)
+    if args.encoder == "tiny":
+        with torch.no_grad():
+            conv0 = encoder.feature_extractor.conv_layers[0].conv.weight  # (128, 1, 80)
+            conv0.copy_(filterbank(channels=conv0.shape[0], kernel=conv0.shape[2]))
     decoder = Decoder(DecoderConfig.from_hf_config(decoder_cfg))
     decoder.eos_token_ids = [tokenizer.eot_id]
-    pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=ENCODER["hidden_size"],
+    pcfg = ProjectorConfig(kind=args.projector, stack=args.stack, encoder_dim=encoder.config.hidden_size,
                            decoder_dim=DECODER["hidden_size"])
     projector = AudioProjector(pcfg)
     config = ASRConfig(
-        encoder={"name": None, "config": ENCODER}, decoder={"name": None, "config": decoder_cfg},
+        encoder={"name": None, "config": encoder_cfg}, decoder={"name": None, "config": decoder_cfg},
         projector=dataclasses.asdict(pcfg), lora=None, from_scratch=True, train_encoder=True,
         ctc_weight=args.ctc_weight, window_seconds=WINDOW_SECONDS,
     )

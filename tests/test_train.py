@@ -613,3 +613,27 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(run_a, tmp_path, damage):
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(errors) == 1 and str(ckpt) in errors[0], r.stderr
+
+
+# -----------------------------------------------------------------------------
+# the whole path with a Whisper-style encoder, from scratch: no HuBERT anywhere
+
+
+def test_tiny_whisper_trains_saves_loads_and_transcribes(data, tmp_path):
+    from nanoaudio.encoder import HubertEncoder
+    from nanoaudio.whisper import WhisperEncoder
+
+    out = tmp_path / "whisper"
+    run_main(["--preset", "tiny-whisper", "--data", data, "--out", out, "--steps", 12, "--batch-size", 4,
+              "--warmup", 2, "--lr", "2e-3", "--eval-every", 0, "--save-every", 0, "--precision", "fp32"])
+    loss = list(losses(out).values())
+    assert len(loss) == 12 and sum(loss[-3:]) < 0.8 * sum(loss[:3]), loss  # it learns
+    model = ASRModel.load(out / "last")
+    assert isinstance(model.encoder, WhisperEncoder) and model.encoder.lm_head is None
+    assert not any(isinstance(m, HubertEncoder) for m in model.modules())
+    assert model.encoder.config.pad_to_30s is False  # the mode it trained in, read back from config.json
+    first = json.loads(Path(data).read_text().splitlines()[0])
+    texts = model.transcribe([Path(data).parent / first["audio"]], max_new_tokens=8)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    # the decoding path turns CTC rescoring off for an encoder without a CTC head: the 8 beams rank by the decoder
+    assert texts == model.transcribe([Path(data).parent / first["audio"]], max_new_tokens=8, ctc_rescore=0.0)
