@@ -124,10 +124,10 @@ async def read_form(request, limit: int) -> tuple[dict, dict]:
         name = (f.file_name or b"").decode("utf-8", "replace")
         files.setdefault(f.field_name.decode("utf-8", "replace"), []).append((name, f.file_object.read()))
 
-    parser = FormParser(kind.decode(), on_field, on_file, boundary=params.get(b"boundary"),
-                        config={"MAX_MEMORY_FILE_SIZE": limit + 1, "MAX_BODY_SIZE": limit + 1})
     received = 0
     try:
+        parser = FormParser(kind.decode(), on_field, on_file, boundary=params.get(b"boundary"),
+                            config={"MAX_MEMORY_FILE_SIZE": limit + 1, "MAX_BODY_SIZE": limit + 1})
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit:

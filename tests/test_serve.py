@@ -226,6 +226,9 @@ def test_missing_fields_are_400_not_422(server, clips):
         assert r.status_code == 400 and error_of(r)["param"] == param, r.text
     r = httpx.post(url, content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 400 and error_of(r)["code"] == "invalid_content_type"
+    for boundary in ("", "; boundary=zz"):  # none given, or a body that does not follow it
+        r = httpx.post(url, content=b"garbage", headers={"content-type": "multipart/form-data" + boundary})
+        assert r.status_code == 400 and error_of(r)["code"] == "invalid_body", r.text
     r = httpx.get(f"{server[0]}/v1/nothing")
     assert r.status_code == 404 and error_of(r)
 
