@@ -282,6 +282,23 @@ def test_concurrent_requests_match_sequential(client, server, clips):
     assert transcribe(client, clips["c"]).text == CLIPS["c"]
 
 
+def test_a_failing_decode_is_a_500_and_the_worker_goes_on(clips):
+    """A bug inside decoding fails that batch's requests with a 500 in OpenAI's shape; the worker takes the next."""
+    from fastapi.testclient import TestClient
+
+    from nanoaudio.serve import make_app
+
+    class Broken:  # a "model" whose every decode raises (transcribe_full reads its config first)
+        tokenizer, decoder = None, type("Decoder", (), {"eos_token_ids": [0]})
+
+    with TestClient(make_app(Broken(), "broken")) as http:
+        for _ in range(2):
+            r = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", clips["a"])}, data={"model": "broken"})
+            assert r.status_code == 500 and error_of(r)["type"] == "server_error", r.text
+            assert "decoding failed" in error_of(r)["message"]
+        assert http.get("/health").json()["status"] == "ok"
+
+
 def test_missing_extra_is_one_line(tmp_path):
     """Without FastAPI: one line naming the extra to install, exit status 1, no traceback."""
     code = ("import sys; sys.modules['fastapi'] = None\n"
