@@ -8,10 +8,13 @@ Transcribe audio files with a nanoaudio checkpoint.
     python sample.py audio.wav --trace               # every stage, its shape and the formula behind it
     python sample.py audio.wav --beams 1             # greedy: ~3x faster, less accurate (--stream's decoding)
     python sample.py --eval out/tiny-data/eval-sentences/manifest.jsonl   # WER on labeled data
+    python sample.py talk.wav --format srt --output-dir subs/   # subtitles (also vtt, tsv) from word times
+    python sample.py talk.wav --word-timestamps --format json   # each word's start, end and probability
 
 A thin shell over the library's one decoding path (nanoaudio/decoding.py): files longer than the model's window
-are cut in pauses, decoded and stitched there, exactly as `ASRModel.transcribe` does. This file only reads
-arguments and files, and prints.
+are cut in pauses, decoded and stitched there, exactly as `ASRModel.transcribe` does; word times come from the
+encoder's CTC head (nanoaudio/align.py), cues from them (nanoaudio/subtitles.py). This file only reads
+arguments and files, and prints or writes.
 """
 
 import argparse
@@ -27,11 +30,33 @@ import torch
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, fraction, positive_int, run_cli
-from nanoaudio.decoding import BEAMS, CTC_RESCORE, MIN_WINDOW_SECONDS, DecodingOptions, decode, stitch
+from nanoaudio.decoding import BEAMS, CTC_RESCORE, MIN_WINDOW_SECONDS, MIN_WORD_PROBABILITY, NO_SPEECH_THRESHOLD, \
+    DecodingOptions, transcribe_full
 from nanoaudio.load import DTYPE_CHOICES
 from nanoaudio.tiny import BUNDLED  # the bundled tiny model (nanoaudio/assets/tiny-asr)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
+FORMATS = ["txt", "json", "srt", "vtt", "tsv"]
+SUBTITLES = {"srt", "vtt", "tsv"}  # built from word times: these formats align the words whatever the flags
+
+
+def threshold(text: str):
+    """--no-speech-threshold, --min-word-probability: a probability in [0, 1], or 'off'."""
+    return None if text.lower() in ("off", "none") else fraction(text)
+
+
+threshold.__name__ = "threshold"
+
+
+def output_dir(text: str) -> Path:
+    """--output-dir: a folder to write into (made if missing); a file there is an error at parse time."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+output_dir.__name__ = "output_dir"
 
 
 def parse_args(argv=None):
@@ -46,7 +71,22 @@ def parse_args(argv=None):
     p.add_argument("--window", type=float, default=None,
                    help=f"seconds per window, >= {MIN_WINDOW_SECONDS} (default: the model's)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are decoded (greedy)")
-    p.add_argument("--json", action="store_true", help="one JSON object per file: path, text, seconds, RTF")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="txt (default): the text; json: one object per file (path, text, seconds, RTF, segments, "
+                        "words); srt, vtt: subtitles; tsv: start and end in ms, text")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--word-timestamps", action="store_true",
+                   help="align each word to the audio with the encoder's CTC head (json: a words list)")
+    p.add_argument("--output-dir", type=output_dir, default=None, metavar="DIR",
+                   help="write NAME.txt (.json, .srt, .vtt, .tsv) per input file here instead of standard output")
+    p.add_argument("--max-line-width", type=positive_int, default=42,
+                   help="srt, vtt, tsv: characters per subtitle line (at most 2 lines per cue)")
+    p.add_argument("--no-speech-threshold", type=threshold, default=NO_SPEECH_THRESHOLD, metavar="P",
+                   help="a window whose mean CTC blank probability is above P gives no words (off: never; "
+                        f"default {NO_SPEECH_THRESHOLD})")
+    p.add_argument("--min-word-probability", type=threshold, default=MIN_WORD_PROBABILITY, metavar="P",
+                   help="drop a word whose characters the CTC head gives less than P where it aligns them (off: "
+                        f"never; default {MIN_WORD_PROBABILITY})")
     p.add_argument("--trace", action="store_true", help="print every stage of the pipeline for one file")
     p.add_argument("--beams", type=positive_int, default=None,
                    help=f"beam search with this many beams (default {BEAMS}; 1: greedy, --stream's default)")
@@ -62,21 +102,29 @@ def parse_args(argv=None):
         p.error("give audio files (or a folder, or -) to transcribe, or --eval DATA")
     if args.stream and args.beams not in (None, 1):
         p.error("--stream shows greedy decoding token by token: it cannot be combined with --beams")
-    if args.stream and args.json:
-        p.error("--stream prints plain text as it decodes: it cannot be combined with --json")
+    if args.json and args.format not in (None, "json"):
+        p.error(f"--json is --format json: it cannot be combined with --format {args.format}")
+    args.format = "json" if args.json else (args.format or "txt")
+    if args.stream and args.format != "txt":
+        p.error(f"--stream prints plain text as it decodes: it cannot be combined with "
+                f"{'--json' if args.json else '--format ' + args.format}")
     if args.window is not None and not args.window >= MIN_WINDOW_SECONDS:
         p.error(f"argument --window: {args.window} is out of range: must be >= {MIN_WINDOW_SECONDS} (seconds)")
     if args.ctc_weight is not None:
         print("warning: --ctc-weight is now --ctc-rescore (the old name goes in the next release)", file=sys.stderr)
         args.ctc_rescore = args.ctc_rescore if args.ctc_rescore is not None else args.ctc_weight
     args.beams = args.beams or (1 if args.stream else BEAMS)
+    args.ctc_rescore_asked = args.ctc_rescore is not None
     args.ctc_rescore = CTC_RESCORE if args.ctc_rescore is None else args.ctc_rescore
     return args
 
 
 def options_from(args, batch_size=None) -> DecodingOptions:
     return DecodingOptions(beams=args.beams, ctc_rescore=args.ctc_rescore, max_new_tokens=args.max_new_tokens,
-                           window=args.window, batch_size=batch_size or args.batch_size)
+                           window=args.window, batch_size=batch_size or args.batch_size,
+                           word_timestamps=args.word_timestamps or args.format in SUBTITLES,
+                           no_speech_threshold=args.no_speech_threshold,
+                           min_word_probability=args.min_word_probability)
 
 
 def find_audio(inputs):
@@ -155,9 +203,19 @@ def trace(model, item, wave, args):
 
     print(f"trace of {item}\n")
     show("samples", f"S = {S} ({S / SAMPLE_RATE:.2f} s)", f"{SAMPLE_RATE} samples/s, mono float32")
-    wav, mask = batch_audio([wave], normalize=getattr(model.encoder, "normalize_audio", True))
+    wav, mask = batch_audio([wave], normalize=model.encoder.normalize_audio)
+    if hasattr(model.encoder.config, "num_mel_bins"):  # Whisper: the log-mel spectrogram comes first
+        from nanoaudio.whisper import HOP_LENGTH, N_FRAMES, log_mel_spectrogram
+
+        n_mels, pad = model.encoder.config.num_mel_bins, model.encoder.config.pad_to_30s
+        mel_frames = N_FRAMES if pad else -(-S // HOP_LENGTH)
+        mel = log_mel_spectrogram(wave[None], n_mels, frames=mel_frames) if pad or mel_frames else None
+        show("log-mel", f"(1, {n_mels}, {mel_frames})", f"{'padded to 30 s: 3000' if pad else 'ceil(S / 160)'} "
+             f"frames; |STFT(400, hop 160)|^2 @ {n_mels} Slaney mel filters, log10, floor max-8, (x+4)/4",
+             mel is not None and tuple(mel.shape) == (1, n_mels, mel_frames))
     t0 = time.time()
-    wav, mask = wav.to(args.device, next(model.encoder.parameters()).dtype), mask.to(args.device)
+    dtype = next(model.encoder.parameters()).dtype if model.encoder.normalize_audio else torch.float32
+    wav, mask = wav.to(args.device, dtype), mask.to(args.device)
     with torch.inference_mode():
         frames = model.encoder(wav, mask)
     t_enc = time.time() - t0
@@ -225,11 +283,23 @@ def main(argv=None):
               "strings, sentences from its 257-word vocabulary with some errors, general speech not at all). Pass "
               "--checkpoint DIR for a model trained with train.py.", file=sys.stderr)
     model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
+    if args.ctc_rescore_asked and args.beams > 1 and model.encoder.lm_head is None:
+        print(f"note: --ctc-rescore is off: this checkpoint's encoder has no CTC head "
+              f"({type(model.encoder).__name__}); the beams are ranked by the decoder alone", file=sys.stderr)
     if args.eval:
         return evaluate(model, args)
     items = list(find_audio(args.inputs))
     if args.trace:
         return 0 if trace(model, items[0], read(items[0]), args)[1] else 1
+    if args.format in SUBTITLES and len(items) > 1 and args.output_dir is None:
+        raise NanoaudioError(f"--format {args.format} of {len(items)} files: give --output-dir DIR to write one "
+                             f"file each")
+    options = options_from(args, 1 if args.stream else args.batch_size)
+    if options.word_timestamps and model.encoder.lm_head is None:
+        print("nanoaudio: this checkpoint's encoder has no CTC head: word times are its windows' times, shared "
+              "out by word length (segment-level)", file=sys.stderr)
+    if args.output_dir is not None:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
 
     # one batch of files at a time: read, transcribe, print, so memory holds one batch, not the whole folder
     batch_size = 1 if args.stream else args.batch_size  # streaming shows one file's tokens at a time
@@ -241,28 +311,46 @@ def main(argv=None):
                 group.append((item, read(item)))
             except NanoaudioError as e:
                 print(f"error: {e}", file=sys.stderr)
-                if args.json:
+                if args.format == "json":
                     print(json.dumps({"path": item, "error": str(e)}), flush=True)
                 failed += 1
         if not group:
             continue
         on_token = Streamer(model) if args.stream else None
         t0 = time.time()
-        segments = decode(model, [w for _, w in group], options_from(args, batch_size), on_token)
+        results = transcribe_full(model, [w for _, w in group], options, on_token)
         dt = (time.time() - t0) / len(group)
-        for (item, wave), segs in zip(group, segments):
-            text = stitch([s.text for s in segs])
-            seconds = len(wave) / SAMPLE_RATE
+        for (item, wave), result in zip(group, results):
             if args.stream:
-                on_token.finish(text)
-            elif args.json:
-                print(json.dumps({"path": item, "text": text, "audio_seconds": round(seconds, 3),
-                                  "compute_seconds": round(dt, 4), "rtf": round(dt / seconds, 5)}), flush=True)
-            elif len(items) > 1:
-                print(f"{item}\t{text}", flush=True)
+                on_token.finish(result.text)
+            elif args.output_dir is not None:
+                name = "stdin" if item == "-" else Path(item).stem
+                path = args.output_dir / f"{name}.{args.format}"
+                path.write_text(render(result, item, dt, args) + ("\n" if args.format in ("txt", "json") else ""))
+                print(path, flush=True)
+            elif args.format == "txt" and len(items) > 1:
+                print(f"{item}\t{result.text}", flush=True)
             else:
-                print(text, flush=True)
+                print(render(result, item, dt, args), end="\n" if args.format in ("txt", "json") else "", flush=True)
     return 1 if failed else 0
+
+
+def render(result, item, dt, args) -> str:
+    """One file's Result in args.format: the text, a JSON object on one line, or subtitles."""
+    from nanoaudio.subtitles import WRITERS, cues
+
+    if args.format == "txt":
+        return result.text
+    if args.format == "json":
+        record = {"path": item, "text": result.text, "audio_seconds": round(result.duration, 3),
+                  "compute_seconds": round(dt, 4), "rtf": round(dt / result.duration, 5),
+                  "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text,
+                                "no_speech_prob": s.no_speech_prob} for s in result.segments]}
+        if args.word_timestamps:
+            record["words"] = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                               for w in result.words]
+        return json.dumps(record)
+    return WRITERS[args.format](cues(result.words, args.max_line_width, duration=result.duration))
 
 
 if __name__ == "__main__":

@@ -352,3 +352,21 @@ def test_a_folder_of_long_files_is_transcribed_one_file_at_a_time(tmp_path):
     out, four_mb = peak_rss_mb(tmp_path, "--beams", "1")
     assert len(out.strip().splitlines()) == 4
     assert four_mb < one_mb + 40, (one_mb, four_mb)  # four files' samples held at once would add 4 x 3.8 MB + copies
+
+
+def test_trace_and_ctc_note_with_a_whisper_encoder(tmp_path, clips):
+    # an untrained tiny-whisper checkpoint: the trace shows the log-mel stage and every count matches its formula;
+    # asking for CTC rescoring says in one line that this encoder has none
+    import argparse
+
+    from nanoaudio.tiny import build_tiny
+
+    torch.manual_seed(0)
+    build_tiny(argparse.Namespace(encoder="tiny-whisper", projector="linear", stack=5, ctc_weight=0.0), "cpu"
+               ).save(tmp_path / "whisper")
+    code, out, err = run(clips / "a.wav", "--trace", "--checkpoint", tmp_path / "whisper", "--max-new-tokens", "2",
+                         "--ctc-rescore", "0.5")
+    assert code == 0, err
+    assert re.search(r"log-mel +\(1, 80, \d+\)", out) and "all counts match their formulas: True" in out
+    notes = [line for line in err.splitlines() if "no CTC head" in line]
+    assert len(notes) == 1 and "--ctc-rescore is off" in notes[0]
