@@ -1,10 +1,10 @@
-"""Real-time factor of the bundled tiny model on CPU, through sample.py's own code path, 10 s and 60 s inputs.
+"""Real-time factor of the bundled tiny model on CPU, through the library's decoding path, 10 s and 60 s inputs.
 
     python -m pytest -q -s tests/bench/test_bench_sample.py
 
 The input is espeak-ng speech (digit strings with short pauses, the kind of audio the tiny model knows),
-transcribed exactly as `python sample.py FILE --batch-size 8` does: cut into the model's 4 s windows with
-overlap, the chunks batched, decoded (the default, 8 beams rescored with the encoder's CTC head, and greedy,
+transcribed exactly as `python sample.py FILE --batch-size 8` does (nanoaudio/decoding.py): cut into the model's
+4 s windows with overlap, the windows batched, decoded (the default, 8 beams rescored with the encoder's CTC head, and greedy,
 --beams 1, both with a KV cache), transcripts stitched. RTF = compute seconds / audio seconds (below 1: faster
 than real time). One torch thread by default
 (NANOAUDIO_BENCH_THREADS=N to change); median of NANOAUDIO_BENCH_REPEATS runs (default 3) after one warm-up.
@@ -18,8 +18,9 @@ import time
 import pytest
 import torch
 
-import sample
 from nanoaudio.audio import SAMPLE_RATE
+from nanoaudio.decoding import BEAMS, DecodingOptions, transcribe
+from nanoaudio.tiny import BUNDLED
 
 pytest.importorskip("espeakng_loader")
 from nanoaudio import synth  # noqa: E402
@@ -41,23 +42,23 @@ def speech(seconds: float, seed: int = 0) -> torch.Tensor:
 def test_real_time_factor():
     from nanoaudio.model import ASRModel
 
-    if not sample.BUNDLED.is_dir():
-        pytest.skip(f"no bundled model at {sample.BUNDLED}")
+    if not BUNDLED.is_dir():
+        pytest.skip(f"no bundled model at {BUNDLED}")
     torch.set_num_threads(THREADS)
-    model = ASRModel.load(sample.BUNDLED)
+    model = ASRModel.load(BUNDLED)
     rows = []
-    for flags in ([], ["--beams", "1"]):
-        args = sample.parse_args(["-", "--batch-size", "8", *flags])  # the CLI's own defaults
+    for beams in (BEAMS, 1):
+        options = DecodingOptions(beams=beams, batch_size=8)  # the library's defaults otherwise, as the CLI's
         for seconds in (10, 60):
             wave = speech(seconds)
-            sample.transcribe_batch(model, [wave], args, model.config.window_seconds)  # warm-up
+            transcribe(model, [wave], options)  # warm-up
             times = []
             for _ in range(REPEATS):
                 t0 = time.perf_counter()
-                text = sample.transcribe_batch(model, [wave], args, model.config.window_seconds)[0]
+                text = transcribe(model, [wave], options)[0]
                 times.append(time.perf_counter() - t0)
             t = statistics.median(times)
-            how = sample.decoding(args) + ("" if flags else " (default)")
+            how = options.describe() + (" (default)" if beams == BEAMS else "")
             rows.append((how, seconds, t, t / seconds, len(text.split())))
     print(f"\nbundled tiny model, CPU, {THREADS} thread(s), batch 8 chunks of {model.config.window_seconds:g} s")
     print("| decoding | audio | compute | RTF | words |\n|---|---|---|---|---|")

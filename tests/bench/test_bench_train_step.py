@@ -92,15 +92,15 @@ def test_bench_tiny_train_step():
 
 
 def test_bench_denormals():
-    import sample
     from nanoaudio.model import ASRModel
+    from nanoaudio.tiny import BUNDLED
 
-    if not sample.BUNDLED.is_dir():
-        pytest.skip(f"no bundled model at {sample.BUNDLED}")
+    if not BUNDLED.is_dir():
+        pytest.skip(f"no bundled model at {BUNDLED}")
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the flush flag set here is the flag every op runs under
     try:
-        model = ASRModel.load(sample.BUNDLED).train()
+        model = ASRModel.load(BUNDLED).train()
         texts, audio = utterances()
         wave, mask = batch_audio(audio)
 
