@@ -96,7 +96,7 @@ def bad(message, param=None, code="invalid_value"):
 
 
 async def read_form(request, limit: int) -> tuple[dict, dict]:
-    """The request's form -> ({field: [str, ...]}, {field: [(file name, bytes), ...]}).
+    """The request's form -> ({field: [str, ...]}, {field: [bytes of a file, ...]}). File names are not kept.
 
     413 as soon as the body passes `limit` bytes: a Content-Length above it before anything is read, a body without
     one (chunked) once that much has come. Files stay in memory: the parser's threshold for spilling to a temporary
@@ -116,13 +116,12 @@ async def read_form(request, limit: int) -> tuple[dict, dict]:
     fields, files = {}, {}
 
     def on_field(f):
-        fields.setdefault(f.field_name.decode("utf-8", "replace"), []).append(
-            (f.value or b"").decode("utf-8", "replace"))
+        name = (f.field_name or b"").decode("utf-8", "replace")
+        fields.setdefault(name, []).append((f.value or b"").decode("utf-8", "replace"))
 
     def on_file(f):
         f.file_object.seek(0)
-        name = (f.file_name or b"").decode("utf-8", "replace")
-        files.setdefault(f.field_name.decode("utf-8", "replace"), []).append((name, f.file_object.read()))
+        files.setdefault((f.field_name or b"").decode("utf-8", "replace"), []).append(f.file_object.read())
 
     received = 0
     try:
@@ -480,7 +479,7 @@ def make_app(model, model_id: str, max_upload_mb: float = 25.0, max_seconds: flo
     async def transcriptions(request: Request):
         fields, files = await read_form(request, limit)
         asked = check_fields(fields, files, model_id, beams)
-        wave = await asyncio.to_thread(read_audio, files["file"][0][1], max_seconds)  # resampling takes a while
+        wave = await asyncio.to_thread(read_audio, files["file"][0], max_seconds)  # resampling takes a while
         job = Job(Ask(wave=wave, **asked), model.tokenizer, set(model.decoder.eos_token_ids))
         worker.jobs.put(job)
         if job.stream:
