@@ -46,7 +46,7 @@ import torch
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, float_in, int_in, positive_float, positive_int, run_cli
-from nanoaudio.decoding import BEAMS, DecodingOptions, overlap_seconds, window_bounds
+from nanoaudio.decoding import BEAMS, DecodingOptions, overlap_seconds, stitch, window_bounds
 from nanoaudio.load import DTYPE_CHOICES
 from nanoaudio.tiny import BUNDLED
 
@@ -258,12 +258,15 @@ class Job:
                 self.events.put_nowait(None)
         self.loop.call_soon_threadsafe(settle)
 
-    # streaming: the tokens of each of the file's windows arrive in parallel rows; the text goes out window by
-    # window, in order (a window's text waits until those before it have ended)
+    # streaming: the tokens of each of the file's windows arrive in parallel rows. The first window's text goes out
+    # as its tokens come; after it, the text of the windows that have ended, in order, stitched as the final text is
+    # (decoding.stitch keeps the words of each overlap once). The deltas are the decoder's raw tokens: the guards
+    # that run after decoding (a window without speech, a word the CTC head did not hear) can drop some of them
+    # from the done event's text, which is the final one.
 
     def start_stream(self, n_windows: int):
         self.ids, self.ended = [[] for _ in range(n_windows)], [False] * n_windows
-        self.current, self.shown, self.sent = 0, "", False  # the window being sent, its text so far, any before it
+        self.done_windows, self.shown = 0, ""  # how many windows' text is in shown; the text sent so far
 
     def on_token(self, k: int, token: int):
         if self.ended[k]:
@@ -279,21 +282,22 @@ class Job:
         self.flush()
 
     def flush(self):
-        while True:
-            k = self.current
-            # the window's whole text so far, decoded again: one token can be part of a character (byte-level
+        m = self.ended.index(False) if False in self.ended else len(self.ended)  # windows ended, in order
+        if m == 0:
+            # the first window's text so far, decoded again: one token can be part of a character (byte-level
             # BPE), which decode writes as U+FFFD until its last byte has come
-            text = self.tokenizer.decode(self.ids[k]).strip()
-            text = text if self.ended[k] else text.rstrip("\ufffd")
-            text = " " + text if self.sent and text else text  # a space between windows' texts
-            if len(text) > len(self.shown):
-                delta = text[len(self.shown):]
-                self.loop.call_soon_threadsafe(self.events.put_nowait,
-                                               {"type": "transcript.text.delta", "delta": delta})
-                self.shown = text
-            if not self.ended[k] or k == len(self.ids) - 1:
-                return
-            self.current, self.shown, self.sent = k + 1, "", self.sent or bool(self.shown)
+            text = self.tokenizer.decode(self.ids[0]).strip().rstrip("\ufffd")
+        elif m > self.done_windows:
+            text = stitch([self.tokenizer.decode(ids).strip() for ids in self.ids[:m]])
+            self.done_windows = m
+        else:
+            return  # a later window's tokens: sent once it and those before it have ended
+        # Text sent is never taken back. Where stitching drops the end of a window already sent (a word garbled
+        # at its edge), the deltas stop here and the done event has the whole text.
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            delta = text[len(self.shown):]
+            self.loop.call_soon_threadsafe(self.events.put_nowait, {"type": "transcript.text.delta", "delta": delta})
+            self.shown = text
 
 
 class Router:

@@ -159,8 +159,9 @@ def test_stream_sends_deltas_then_the_text(client, clips):
 
 def test_streams_batched_together_and_over_several_windows(client, clips):
     """Streams arriving together share one greedy batch, whose rows the server routes back to each request; a
-    file longer than the model's 4 s window streams window after window, and the done event has the stitched
-    text, the same as without streaming."""
+    file longer than the model's 4 s window streams its windows' text stitched (the overlap's words once). The done
+    event has the final text, the same as without streaming: the deltas are the decoder's raw tokens, before the
+    guards that drop words the CTC head did not hear, so on a long file they can differ from it."""
     pause = torch.zeros(SAMPLE_RATE // 2)
     long = wav_bytes(torch.cat([x for k in "abc" for x in (synth.speak(CLIPS[k], "en-us", 160, 50), pause)]))
     expected = " ".join(CLIPS[k] for k in "abc")
@@ -171,7 +172,7 @@ def test_streams_batched_together_and_over_several_windows(client, clips):
     for events, text in zip(streams, [expected, CLIPS["a"], CLIPS["b"], CLIPS["c"]]):
         assert events[-1].type == "transcript.text.done" and events[-1].text == text
         deltas = "".join(e.delta for e in events[:-1])
-        assert deltas.startswith(text.split()[0]) and set(deltas.split()) == set(text.split()), deltas
+        assert deltas == text or (text is expected and deltas.startswith(CLIPS["a"])), deltas
 
 
 def test_models_and_health(client, server):
