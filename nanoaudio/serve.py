@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import json
 import queue
+import socket
 import sys
 import threading
 import time
@@ -519,7 +520,8 @@ def make_app(model, model_id: str, max_upload_mb: float = 25.0, max_seconds: flo
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m nanoaudio.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="checkpoint folder written by train.py (default: bundled tiny)")
     p.add_argument("--name", default=None, help="the model id clients send (default: the checkpoint folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; there is "
@@ -535,6 +537,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_address(host: str, port: int):
+    """One line, now, if the server could not listen there (a port in use, an address this machine lacks)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise NanoaudioError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     require_extra()
@@ -544,6 +556,7 @@ def main(argv=None):
     from nanoaudio.model import ASRModel
 
     check_device(args.device)
+    check_address(args.host, args.port)  # before the model loads, not after
     ckpt = Path(args.checkpoint) if args.checkpoint else BUNDLED
     model = ASRModel.load(ckpt, dtype=parse_dtype(args.dtype), device=args.device)
     model_id = args.name or ckpt.resolve().name

@@ -300,6 +300,16 @@ def test_a_failing_decode_is_a_500_and_the_worker_goes_on(clips):
         assert http.get("/health").json()["status"] == "ok"
 
 
+def test_command_line_errors_are_one_line(server, tmp_path):
+    """Before a model loads: a port in use (the test server's), a checkpoint folder that is not there."""
+    port = server[0].rsplit(":", 1)[1]
+    for flags, words in [(["--port", port], "cannot listen there"),
+                         (["--checkpoint", str(tmp_path / "nothing")], "no such checkpoint folder")]:
+        r = subprocess.run([sys.executable, "-m", "nanoaudio.serve", *flags], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+
+
 def test_missing_extra_is_one_line(tmp_path):
     """Without FastAPI: one line naming the extra to install, exit status 1, no traceback."""
     code = ("import sys; sys.modules['fastapi'] = None\n"
