@@ -374,7 +374,6 @@ class Worker:
         for job, result in zip(jobs, results):
             job.finish(result)
 
-
     @torch.inference_mode()
     def score(self, pairs):
         """Set each segment's avg_logprob, whisper's: the mean log-probability of its tokens and the end-of-turn
