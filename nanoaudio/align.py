@@ -15,8 +15,9 @@ one E). The dynamic program is vectorized over the 2L + 1 states and loops over 
 Then `word_times`: a word's frames run from its first character's first frame to its last character's last;
 "|" frames belong to no word; times are frame x hop / 16000 plus the window's offset, moved earlier by
 CTC_LAG_SECONDS (the head fires a little after the sound starts: measured below). A word's probability is the
-mean, over its frames, of the probability the path chose there. No path (fewer frames than the transcript needs)
--> None, and decoding.py falls back to the window's times.
+mean, over the frames where the path emits its characters, of their probability: near 0 for a word the decoder
+invented where the head hears nothing. No path (fewer frames than the transcript needs) -> None, and
+decoding.py falls back to the window's times.
 References: Graves et al. 2006 (CTC); torchaudio's forced_align (the same recursion, in C++/CUDA).
 Legend: F frames, V CTC vocabulary (32), L transcript labels, N = 2L + 1 states.
 """
@@ -103,7 +104,9 @@ def word_times(log_probs: torch.Tensor, text: str, offset: float = 0.0, hop: int
         f0, f1 = int(frames[0]), int(frames[-1]) + 1
         start = max(offset, offset + f0 * frame_s - CTC_LAG_SECONDS)
         end = max(start, offset + f1 * frame_s - CTC_LAG_SECONDS)
-        out.append((w, round(start, 3), round(end, 3), round(chosen[f0:f1].mean().item(), 4)))
+        # the probability of its characters where the path emits them: blank frames inside a word say nothing
+        # about it (a word the decoder invented in silence is all blanks and a few unlikely characters)
+        out.append((w, round(start, 3), round(end, 3), round(chosen[frames].mean().item(), 4)))
         prev_end = out[-1][2]
     return out
 

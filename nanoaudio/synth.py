@@ -22,6 +22,7 @@ Synchronize, from speak_lib.h (https://github.com/espeak-ng/espeak-ng/blob/maste
 import argparse
 import ctypes
 import json
+import math
 import random
 from pathlib import Path
 
@@ -147,6 +148,101 @@ def speak_words(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 5
     times = [(starts[p], sample / engine().rate) for p, sample in engine().words if p in starts]
     x = torch.from_numpy(wav.astype(np.float32) / 32768.0)
     return resample(x, engine().rate, SAMPLE_RATE), times
+
+
+# -----------------------------------------------------------------------------
+# non-speech: what a recognizer must leave empty (training data with the empty transcript, and its tests)
+
+NON_SPEECH_KINDS = ["white", "pink", "brown", "tone", "chord", "hum", "clicks", "notes", "scrambled"]
+MUSIC_KINDS = ["chord", "notes"]
+LEVEL_DB = (-45.0, -15.0)  # RMS level of a non-speech clip, dB below full scale (speech here is about -20 dB)
+NOISE_EXPONENT = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f^exponent
+
+
+def _at_level(x: torch.Tensor, db: float) -> torch.Tensor:
+    return x * (10 ** (db / 20) / x.pow(2).mean().sqrt().clamp_min(1e-10))
+
+
+def _note(freq: float, n: int, g: torch.Generator) -> torch.Tensor:
+    """n samples of an instrument-like note: harmonics falling off as 1/k, a quick attack and an exponential decay."""
+    t = torch.arange(n) / SAMPLE_RATE
+    x = sum(torch.sin(2 * torch.pi * k * freq * t + torch.rand((), generator=g) * 6.28) / k
+            for k in range(1, 6) if k * freq < SAMPLE_RATE / 2)
+    return x * (1 - torch.exp(-t / 0.01)) * torch.exp(-t / (0.3 * n / SAMPLE_RATE))
+
+
+def non_speech(kind: str, seconds: float, seed: int, level_db: float = -25.0) -> torch.Tensor:
+    """A clip of something that is not speech, (S,) at 16 kHz, RMS at level_db; the same seed gives the same clip.
+
+    white/pink/brown  noise with a 1/f^0, 1/f, 1/f^2 power spectrum (shaped in the frequency domain)
+    tone              a sine of 80-4000 Hz;  chord: 3-4 equal-tempered notes held together
+    hum               50 or 60 Hz mains hum with its harmonics
+    clicks            2-12 short decaying impulses a second, at random times
+    notes             a melody: 4-10 notes per second, each with harmonics and an envelope (music-like)
+    scrambled         a spoken sentence with its Fourier phases randomized: speech's spectrum, no speech in it
+    """
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n) / SAMPLE_RATE
+    if kind in NOISE_EXPONENT:
+        spectrum = torch.fft.rfft(torch.randn(n, generator=g))
+        f = torch.fft.rfftfreq(n, 1 / SAMPLE_RATE).clamp_min(20.0)  # no infinite power at 0 Hz
+        x = torch.fft.irfft(spectrum / f ** (NOISE_EXPONENT[kind] / 2), n)
+    elif kind == "tone":
+        x = torch.sin(2 * torch.pi * math.exp(rng.uniform(math.log(80), math.log(4000))) * t)
+    elif kind == "chord":
+        root = rng.randint(40, 70)  # MIDI note numbers: 82 Hz to 466 Hz
+        notes = [0, *rng.sample([3, 4, 7, 10, 12, 16], rng.randint(2, 3))]  # a root and 2-3 intervals above it
+        x = sum(torch.sin(2 * torch.pi * 440 * 2 ** ((root + k - 69) / 12) * t) for k in notes)
+    elif kind == "hum":
+        base = rng.choice([50, 60])
+        x = sum(torch.sin(2 * torch.pi * k * base * t + rng.uniform(0, 6.28)) / k for k in range(1, 8))
+    elif kind == "clicks":
+        x = torch.zeros(n)
+        decay = torch.exp(-torch.arange(160) / 20.0) * torch.randn(160, generator=g)  # a 10 ms click
+        for _ in range(int(seconds * rng.uniform(2, 12))):
+            at = rng.randrange(max(1, n - 160))
+            x[at:at + 160] += decay[:len(x[at:at + 160])] * rng.uniform(0.3, 1.0)
+    elif kind == "notes":
+        x, at = torch.zeros(n), 0
+        while at < n:
+            d = int(SAMPLE_RATE / rng.uniform(4, 10))
+            x[at:at + d] += _note(440 * 2 ** ((rng.randint(48, 84) - 69) / 12), d, g)[:len(x[at:at + d])]
+            at += d
+    elif kind == "scrambled":
+        text = random_text(rng, "sentences", vocabulary())
+        speech = speak(text, rng.choice(voices()), rng.randint(*RATE_WPM), rng.randint(*PITCH))
+        speech = speech.repeat(n // max(1, len(speech)) + 1)[:n]
+        spectrum = torch.fft.rfft(speech)
+        phase = torch.rand(len(spectrum), generator=g) * 2 * torch.pi
+        x = torch.fft.irfft(spectrum.abs() * torch.exp(1j * phase), n)
+    else:
+        raise NanoaudioError(f"unknown non-speech kind {kind!r} ({', '.join(NON_SPEECH_KINDS)})")
+    return _at_level(x.float(), level_db).clamp(-1, 1)  # sparse clicks at a high RMS would peak above 1
+
+
+def random_non_speech(seed: int, seconds=(2.0, 6.0), kinds=NON_SPEECH_KINDS, levels=LEVEL_DB, mix: int = 1):
+    """A random non-speech clip: `mix` kinds (drawn from `kinds`) summed, each at a random level in `levels` dB
+    -> (waveform (S,), {"kinds", "levels_db", "seconds"}). Training data with the empty transcript; the tests
+    and scripts/measure_words.py draw theirs with other seeds, levels and mixes."""
+    rng = random.Random(seed)
+    secs = rng.uniform(*seconds)
+    picked = rng.sample(list(kinds), mix)
+    dbs = [round(rng.uniform(*levels), 1) for _ in picked]
+    x = sum(non_speech(k, secs, rng.getrandbits(31), db) for k, db in zip(picked, dbs))
+    return x.clamp(-1, 1), {"kinds": picked, "levels_db": dbs, "seconds": round(secs, 3)}
+
+
+def surrounded(speech: torch.Tensor, seed: int, kinds=NON_SPEECH_KINDS, around=(2.0, 4.0), levels=(-40.0, -25.0)):
+    """Speech with 2-4 s of noise or music before and after it, and the same noise under it -> (waveform, how)."""
+    rng = random.Random(seed)
+    before, after = rng.uniform(*around), rng.uniform(*around)
+    n = int((before + after) * SAMPLE_RATE) + len(speech)
+    kind, db = rng.choice(list(kinds)), round(rng.uniform(*levels), 1)
+    bed = non_speech(kind, n / SAMPLE_RATE, rng.getrandbits(31), db)[:n]
+    at = int(before * SAMPLE_RATE)
+    bed[at:at + len(speech)] += speech
+    return bed.clamp(-1, 1), {"kind": kind, "level_db": db, "before_s": round(before, 3), "after_s": round(after, 3)}
 
 
 def vocabulary() -> list[str]:

@@ -77,8 +77,8 @@ def test_word_times_come_from_the_frames_of_each_word():
     words = word_times(lp, "one Two", offset=1.0)
     assert [w for w, *_ in words] == ["one", "Two"]  # the transcript's own words, not the normalized ones
     (_, s1, e1, p1), (_, s2, e2, p2) = words
-    assert s1 == pytest.approx(1.0 + 2 * 0.02 - CTC_LAG_SECONDS) and e1 == pytest.approx(1.0 + 5 * 0.02 - CTC_LAG_SECONDS)
-    assert s2 == pytest.approx(1.0 + 10 * 0.02 - CTC_LAG_SECONDS) and e2 == pytest.approx(1.0 + 14 * 0.02 - CTC_LAG_SECONDS)
+    t = lambda frame: 1.0 + frame * 0.02 - CTC_LAG_SECONDS  # noqa: E731  (the window starts at 1 s)
+    assert (s1, e1, s2, e2) == pytest.approx((t(2), t(5), t(10), t(14)))
     assert p1 == pytest.approx(0.9) and p2 == pytest.approx(0.9)
     assert ctc_targets("one two")[3] == BOUNDARY
 
