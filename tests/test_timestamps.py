@@ -6,6 +6,7 @@ Ground truth: espeak-ng's own word events (synth.speak_words). The full measurem
 long file, is `python scripts/measure_words.py timestamps --seeds 700 60`; this is a small version of it.
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -152,3 +153,48 @@ def test_the_guards_drop_only_what_the_ctc_head_did_not_hear(bundled, sentences)
     invented, kept = (sum(len(r.text.split()) for r in results[:4]) for results in (results_off, results_on))
     assert kept < invented / 2, (kept, invented)
     assert normalize_text(r_on.text) == "seven two nine four" != normalize_text(r_off.text)
+
+
+def test_a_whisper_encoder_gets_window_times_and_the_cli_says_so(tmp_path):
+    # an untrained tiny-whisper checkpoint: no CTC head, so no alignment and no no-speech score; one line says so
+    import argparse
+    import json
+
+    import soundfile as sf
+    from test_sample import run
+
+    from nanoaudio.tiny import build_tiny
+
+    torch.manual_seed(0)
+    build_tiny(argparse.Namespace(encoder="tiny-whisper", projector="linear", stack=5, ctc_weight=0.0), "cpu"
+               ).save(tmp_path / "whisper")
+    sf.write(tmp_path / "a.wav", synth.speak("three one four").numpy(), SAMPLE_RATE)
+    code, out, err = run(tmp_path / "a.wav", "--checkpoint", tmp_path / "whisper", "--max-new-tokens", "3",
+                         "--beams", "1", "--word-timestamps", "--format", "json")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "no CTC head" in line]
+    assert len(notes) == 1 and "segment-level" in notes[0]
+    record = json.loads(out)
+    assert record["segments"][0]["no_speech_prob"] is None
+    assert [w["word"] for w in record["words"]] == record["text"].split()
+    assert all(w["probability"] == 0.0 and 0 <= w["start"] <= w["end"] <= record["audio_seconds"] + 1e-3
+               for w in record["words"])
+
+
+def test_the_cli_json_words_are_the_librarys(bundled, sentences, tmp_path):
+    import json
+
+    import soundfile as sf
+    from test_sample import run
+
+    wave = sentences[0][0]
+    sf.write(tmp_path / "s.wav", wave.numpy(), SAMPLE_RATE)
+    code, out, err = run(tmp_path / "s.wav", "--json", "--word-timestamps", "--beams", "1")
+    assert code == 0, err
+    record = json.loads(out)
+    r = transcribe_full(bundled, [tmp_path / "s.wav"], DecodingOptions(beams=1, word_timestamps=True))[0]
+    assert record["text"] == r.text and record["audio_seconds"] == round(r.duration, 3)
+    assert record["words"] == [dataclasses.asdict(w) for w in r.words]
+    assert [s["no_speech_prob"] for s in record["segments"]] == [s.no_speech_prob for s in r.segments]
+    code, out, err = run(tmp_path / "s.wav", "--json", "--beams", "1")
+    assert "words" not in json.loads(out)  # only when asked
