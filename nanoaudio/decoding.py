@@ -13,7 +13,8 @@ The path, for each file:
 
 Beside the text, from the encoder's CTC head (the same encoder pass, `ASRModel.generate_ids(ctc_out=)`):
 - a no-speech score per window (the mean blank probability, like whisper's no_speech_prob): above
-  `options.no_speech_threshold` the window's transcript is empty, so noise and music give no words;
+  `options.no_speech_threshold` the window's transcript is empty; and each word's own score from the alignment:
+  below `options.min_word_probability` the word is dropped, as one the decoder invented (noise, music, silence);
 - with `options.word_timestamps`, each word's start and end by CTC forced alignment (nanoaudio/align.py), kept
   through the stitching. An encoder without a CTC head (Whisper) gives each word its window's times, spread
   by length, and `Segment.aligned` False says so.
