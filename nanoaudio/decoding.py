@@ -39,7 +39,7 @@ OVERLAP_FRACTION = 0.3  # ... but at most this fraction of a short window (the t
 MIN_WINDOW_SECONDS = 0.5  # shorter windows hold no word, and their overlap no seam to stitch
 # Two guards against words where nobody speaks, both read from the encoder's CTC head (the decoder alone invents
 # fluent words in noise: 352 over 48 dev clips of noise, tones and music). Chosen on dev clips with
-# `python scripts/measure_words.py no-speech --seeds 1000 48` (seeds 1000-1239, never the tests'), bundled model,
+# `python tests/bench/measure_words.py no-speech --seeds 1000 48` (seeds 1000-1239, never the tests'), bundled model,
 # 8 beams; each row: non-speech clips left empty, words invented on them, WER of speech with 2-4 s of noise or
 # music around it, WER of held-out digit strings and sentences (48 each):
 #     guards off                     7/48   352 words   187 %   1.09 %   8.41 %

@@ -224,7 +224,7 @@ def non_speech(kind: str, seconds: float, seed: int, level_db: float = -25.0) ->
 def random_non_speech(seed: int, seconds=(2.0, 6.0), kinds=NON_SPEECH_KINDS, levels=LEVEL_DB, mix: int = 1):
     """A random non-speech clip: `mix` kinds (drawn from `kinds`) summed, each at a random level in `levels` dB
     -> (waveform (S,), {"kinds", "levels_db", "seconds"}). Training data with the empty transcript; the tests
-    and scripts/measure_words.py draw theirs with other seeds, levels and mixes."""
+    and tests/bench/measure_words.py draw theirs with other seeds, levels and mixes."""
     rng = random.Random(seed)
     secs = rng.uniform(*seconds)
     picked = rng.sample(list(kinds), mix)

@@ -3,7 +3,7 @@
     python -m pytest -q tests/test_timestamps.py
 
 Ground truth: espeak-ng's own word events (synth.speak_words). The full measurement, on held-out sentences and a
-long file, is `python scripts/measure_words.py timestamps --seeds 700 60`; this is a small version of it.
+long file, is `python tests/bench/measure_words.py timestamps --seeds 700 60`; this is a small version of it.
 """
 
 import dataclasses

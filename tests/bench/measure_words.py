@@ -1,10 +1,10 @@
 """Measure word timestamps and the no-speech guard on synthesized audio (issue 27's targets).
 
-    python scripts/measure_words.py timestamps --seeds 500 30     # dev: the lag that align.CTC_LAG_SECONDS corrects
-    python scripts/measure_words.py timestamps --seeds 700 60     # held out: median |start error|, share within 100 ms
-    python scripts/measure_words.py no-speech --seeds 1000 48     # dev: the blank-probability threshold
-    python scripts/measure_words.py no-speech --seeds 3000 24 --mix test   # held out: the issue's targets
-    python scripts/measure_words.py speech --seeds 5000 200       # held out: what the guards cost on clean speech
+    python tests/bench/measure_words.py timestamps --seeds 500 30     # dev: the lag that align.CTC_LAG_SECONDS corrects
+    python tests/bench/measure_words.py timestamps --seeds 700 60     # held out: median |start error|, share within 100 ms
+    python tests/bench/measure_words.py no-speech --seeds 1000 48     # dev: the blank-probability threshold
+    python tests/bench/measure_words.py no-speech --seeds 3000 24 --mix test   # held out: the issue's targets
+    python tests/bench/measure_words.py speech --seeds 5000 200       # held out: what the guards cost on clean speech
 
 Ground truth for timestamps: espeak-ng's own WORD events (synth.speak_words). Each sentence gets 0.3-1.5 s of
 leading silence; only the words the model got right are measured (matched by an edit-distance alignment of the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from nanoaudio import synth  # noqa: E402
 from nanoaudio.audio import SAMPLE_RATE  # noqa: E402
