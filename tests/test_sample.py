@@ -186,6 +186,21 @@ def test_stitch_keeps_overlapping_words_once():
         "six one two three nine one seven eight"
 
 
+def test_stitch_takes_a_common_run_only_where_the_overlap_can_be():
+    # windows overlapping by 30 %: a word both hold far from the seam is not the overlap (it used to drop the
+    # words between): concatenate instead
+    assert stitch(["eight nine three five", "six zero eight"], [(0.3, 0.3)]) == "eight nine three five six zero eight"
+    assert stitch(["one two three four", "three four five six"], [(0.5, 0.5)]) == "one two three four five six"
+
+
+def test_a_digit_shared_by_two_windows_far_from_their_seam_loses_no_window(bundled):
+    # five digit strings with pauses, 9 s: windows 0 and 1 both end in "five"; before the shares the whole second
+    # window was dropped ("four two seven one nine three five five five nine")
+    texts = ["four two seven", "one nine three five", "eight zero six", "two two one", "five five nine"]
+    wave = torch.cat([x for t in texts for x in (synth.speak(t, "en-us", 160, 50), torch.zeros(8000))])
+    assert bundled.transcribe([wave]) == [" ".join(texts)]
+
+
 def test_chunks_cut_in_pauses_and_overlap():
     # 0.45 s bursts of noise (words) every 0.6 s, so 0.15 s pauses between them; 20.5 s in all
     period, word = int(0.6 * SAMPLE_RATE), int(0.45 * SAMPLE_RATE)
