@@ -394,6 +394,25 @@ ENCODER_RANGES = {
 }
 
 
+class EncoderFrames:
+    """The frame arithmetic of an encoder module, read off its config (`config.num_frames`): HubertEncoder and
+    WhisperEncoder both inherit it, so a padded batch's frame mask is made one way."""
+
+    def num_frames(self, num_samples):
+        return self.config.num_frames(num_samples)
+
+    def frame_lengths(self, attention_mask):
+        """(B, S) right-padding mask -> (B,) valid frames per sample."""
+        return self.config.num_frames(attention_mask.sum(-1).long())
+
+    def frame_mask(self, attention_mask):
+        """(B, S) sample mask (1 = real) -> (B, F) bool, True for the frames that cover real samples only."""
+        import torch
+
+        F_ = self.num_frames(attention_mask.shape[1])
+        return torch.arange(F_, device=attention_mask.device)[None, :] < self.frame_lengths(attention_mask)[:, None]
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """HuBERT (encoder.py), read from a HubertModel/HubertForCTC config.json.

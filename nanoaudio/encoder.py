@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoaudio import NanoaudioError
-from nanoaudio.config import EncoderConfig
+from nanoaudio.config import EncoderConfig, EncoderFrames
 from nanoaudio.load import (DTYPES, ENCODERS, atomic_file, convert_bin_to_safetensors, load_state, parse_dtype,
                             read_json, read_tensors, resolve, safetensors_files)
 from nanoaudio.nn import attention
@@ -234,7 +234,7 @@ class TransformerEncoder(nn.Module):
 # the model
 
 
-class HubertEncoder(nn.Module):
+class HubertEncoder(EncoderFrames, nn.Module):
     normalize_audio = True  # wants zero-mean unit-variance samples, as fine-tuned (WhisperEncoder: False)
 
     def __init__(self, config: EncoderConfig):
@@ -269,20 +269,6 @@ class HubertEncoder(nn.Module):
                 m.bias.zero_()
         pos = self.encoder.pos_conv_embed.conv
         pos.weight.normal_(0.0, (4.0 / (pos.kernel_size[0] * self.config.hidden_size)) ** 0.5)
-
-    # frame arithmetic ------------------------------------------------------------
-
-    def num_frames(self, num_samples: int) -> int:
-        return self.config.num_frames(num_samples)
-
-    def frame_lengths(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) right-padding mask -> (B,) valid frames per sample."""
-        return self.config.num_frames(attention_mask.sum(-1).long())
-
-    def frame_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) sample mask (1 = real) -> (B, F) bool, True for frames computed from real samples only."""
-        F_ = self.num_frames(attention_mask.shape[1])
-        return torch.arange(F_, device=attention_mask.device)[None, :] < self.frame_lengths(attention_mask)[:, None]
 
     # forward ----------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoaudio import NanoaudioError
-from nanoaudio.config import WhisperEncoderConfig
+from nanoaudio.config import EncoderFrames, WhisperEncoderConfig
 from nanoaudio.load import DTYPES, load_state, parse_dtype, read_json, read_tensors
 from nanoaudio.nn import attention
 
@@ -198,7 +198,7 @@ class EncoderLayer(nn.Module):
 # the model
 
 
-class WhisperEncoder(nn.Module):
+class WhisperEncoder(EncoderFrames, nn.Module):
     normalize_audio = False  # raw samples in: the log-mel normalizes (HubertEncoder: True)
 
     def __init__(self, config: WhisperEncoderConfig):
@@ -230,20 +230,6 @@ class WhisperEncoder(nn.Module):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
         self.embed_positions.weight.copy_(sinusoids(*self.embed_positions.weight.shape))
-
-    # frame arithmetic ------------------------------------------------------------
-
-    def num_frames(self, num_samples: int) -> int:
-        return self.config.num_frames(num_samples)
-
-    def frame_lengths(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) right-padding mask -> (B,) valid frames per sample: (ceil(S_b / 160) - 1) // 2 + 1."""
-        return self.config.num_frames(attention_mask.sum(-1).long())
-
-    def frame_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) sample mask (1 = real) -> (B, F) bool, True for frames that cover real samples."""
-        F_ = self.num_frames(attention_mask.shape[1])
-        return torch.arange(F_, device=attention_mask.device)[None, :] < self.frame_lengths(attention_mask)[:, None]
 
     # forward ----------------------------------------------------------------------
 
