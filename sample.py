@@ -30,8 +30,8 @@ import torch
 from nanoaudio import NanoaudioError
 from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, fraction, positive_int, run_cli
-from nanoaudio.decoding import BEAMS, CTC_RESCORE, MIN_WINDOW_SECONDS, MIN_WORD_PROBABILITY, NO_SPEECH_THRESHOLD, \
-    DecodingOptions, transcribe_full
+from nanoaudio.decoding import (BEAMS, CTC_RESCORE, MIN_WINDOW_SECONDS, MIN_WORD_PROBABILITY, NO_SPEECH_THRESHOLD,
+                                 DecodingOptions, transcribe_full)
 from nanoaudio.load import DTYPE_CHOICES
 from nanoaudio.tiny import BUNDLED  # the bundled tiny model (nanoaudio/assets/tiny-asr)
 
