@@ -488,7 +488,7 @@ def main(argv=None):
         model.decoder = torch.compile(model.decoder)
     run = argparse.Namespace(
         args=args, model=model, train_model=train_model, optimizer=optimizer, params=params, device=device,
-        world=world, evals=evals, train_batches=train_batches, normalize=getattr(model.encoder, "normalize_audio", True),
+        world=world, evals=evals, train_batches=train_batches, normalize=model.encoder.normalize_audio,
         autocast=(torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                   else contextlib.nullcontext()),
         # CPU bf16: oneDNN builds its AMX kernels for each new shape, and length-bucketed batches bring a new

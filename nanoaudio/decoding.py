@@ -163,7 +163,7 @@ def decode_windows(model, waves, options: DecodingOptions, on_token=None, ctc_ou
     from nanoaudio.audio import batch_audio
 
     device = next(model.decoder.parameters()).device
-    normalize = getattr(model.encoder, "normalize_audio", True)  # HuBERT: normalized samples; Whisper: raw
+    normalize = model.encoder.normalize_audio  # HuBERT: normalized samples; Whisper: raw
     out = []
     for i in range(0, len(waves), options.batch_size):
         wave, mask = batch_audio(waves[i:i + options.batch_size], normalize=normalize)

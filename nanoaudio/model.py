@@ -267,15 +267,16 @@ class ASRModel(nn.Module):
         """
         tokens, token_mask, frames, frame_mask = self.encode_audio(waveform, attention_mask)
         ctc = ctc and self.encoder.lm_head is not None
-        log_probs = self.encoder.ctc_logits(frames).float().log_softmax(-1) if ctc else None  # (B, F, 32)
+        # the CTC head runs once: its log-probabilities rank the beams and go out to the caller alike
+        log_probs = self.ctc_log_probs(frames, frame_mask) if ctc or ctc_out is not None else None  # [(F_b, 32)]
         if ctc_out is not None:
-            ctc_out += self.ctc_log_probs(frames, frame_mask)
+            ctc_out += log_probs
         eos, result = self.decoder.eos_token_ids, []
         for b in range(len(tokens)):
             n = int(token_mask[b].sum())
             prompt = build_prompt(self.tokenizer, self.family, n, None, self.config.instruction)
             embeds, _, _ = self._splice([prompt], tokens[b:b + 1, :n], token_mask[b:b + 1, :n], left_pad=True)
-            frames_b = log_probs[b, :int(frame_mask[b].sum())] if ctc else None  # (F_b, 32)
+            frames_b = log_probs[b] if ctc else None  # (F_b, 32)
             hyps = []
             for ids, score in self.decoder.beam_search(inputs_embeds=embeds, max_new_tokens=max_new_tokens,
                                                        num_beams=num_beams, eos_token_id=eos):
@@ -344,14 +345,13 @@ class ASRModel(nn.Module):
 
     @classmethod
     def load(cls, folder, dtype=None, device="cpu") -> "ASRModel":
+        from nanoaudio.config import check_asr_config
         from nanoaudio.decoder import Decoder, load_decoder
         from nanoaudio.encoder import encoder_from_config, load_encoder
+        from nanoaudio.load import require_folder
         from nanoaudio.lora import apply_lora, load_adapter
         from nanoaudio.projector import AudioProjector
         from nanoaudio.tokenizer import load_tokenizer
-
-        from nanoaudio.config import check_asr_config
-        from nanoaudio.load import require_folder
 
         folder = require_folder(folder)
         raw = read_json(folder / "config.json")

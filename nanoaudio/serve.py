@@ -384,7 +384,7 @@ class Worker:
 
         segments = [(job.wave, s) for job, result in pairs for s in result.segments]
         device = next(self.model.decoder.parameters()).device
-        normalize = getattr(self.model.encoder, "normalize_audio", True)  # HuBERT: normalized; Whisper: raw
+        normalize = self.model.encoder.normalize_audio  # HuBERT: normalized; Whisper: raw
         for i in range(0, len(segments), BATCH_WINDOWS):
             part = segments[i:i + BATCH_WINDOWS]
             wave, mask = batch_audio([w[round(s.start * SAMPLE_RATE):round(s.end * SAMPLE_RATE)] for w, s in part],
