@@ -3,13 +3,15 @@
 - `open_dataset(spec)` lists a dataset without decoding any audio. A spec is one of
     * a LibriSpeech folder as downloaded: <root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt, one line
       `UTTID TRANSCRIPT` per <UTTID>.flac beside it (root may hold several splits: walked recursively, sorted);
-    * a JSONL manifest: {"audio": path, "text": ..., "seconds": optional} per line, paths relative to its folder;
+    * a JSONL manifest: {"audio": path, "text": ..., "seconds": optional} per line, paths relative to its folder
+      (`"no_speech": true` marks a clip where nobody speaks: its empty text is the target, not a mistake);
     * a .parquet file or a folder of shards in the Hugging Face audio layout: a column `audio` holding a struct
       {bytes, path} (or plain bytes) and a text column (TEXT_COLUMNS, first present), read row group by row group;
     * a Hugging Face dataset id "owner/name", whose parquet files are downloaded once.
   Any of them may end in ":split": only parquet files whose path contains that string ("openslr/librispeech_asr:
   train.clean.100"). Iterating a Dataset yields `Example`s in listing order, skipping (and counting in
-  `ds.skipped`) unreadable files and empty transcripts, so an evaluation never dies on one bad file.
+  `ds.skipped`) unreadable files and empty transcripts (unless marked no_speech), so an evaluation never dies on
+  one bad file.
 - `Batches(ds, batch_size, seed, rank, world_size, max_seconds)`: the infinite training iterator.
     1. Each epoch shuffles the dataset's chunks (one file, or one parquet row group) with (seed, epoch).
     2. Consecutive chunks form blocks of `block` global batches (G = batch_size * world_size examples each).
@@ -57,6 +59,7 @@ class Item:
     source: Path | bytes  # a file, or the encoded bytes of a parquet cell
     seconds: float | None = None  # from the manifest, or filled in (once) by `probe_seconds`
     error: str | None = None  # why the header could not be read, remembered so it is not re-read every epoch
+    no_speech: bool = False  # nobody speaks: the empty text is the target (synth's non-speech clips)
 
 
 class Skips:
@@ -111,7 +114,7 @@ def probe_seconds(item: Item) -> float:
 
 def load_example(item: Item, skips: Skips, max_seconds: float = float("inf")) -> Example | None:
     """Decode the item's audio -> Example, or None after recording in `skips` why it was left out."""
-    if not item.text.strip():
+    if not item.text.strip() and not item.no_speech:
         skips.add(item.id, "empty_text", "empty transcript")
         return None
     try:
@@ -209,10 +212,14 @@ def read_manifest(path: Path) -> FileDataset:
         if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                     or not seconds > 0):
             raise NanoaudioError(f'{path}:{n}: "seconds" must be a positive number, got {seconds!r}')
+        no_speech = rec.get("no_speech", False)
+        if not isinstance(no_speech, bool) or (no_speech and rec["text"].strip()):
+            raise NanoaudioError(f'{path}:{n}: "no_speech" must be true (with an empty "text") or false, '
+                                 f'got {no_speech!r} with text {rec["text"][:40]!r}')
         audio = Path(rec["audio"]).expanduser()
         audio = audio if audio.is_absolute() else path.parent / audio  # relative to the manifest, not the cwd
         items.append(Item(id=str(audio), text=rec["text"], source=audio,
-                          seconds=None if seconds is None else float(seconds)))
+                          seconds=None if seconds is None else float(seconds), no_speech=no_speech))
     return FileDataset(str(path), items)
 
 
@@ -352,7 +359,7 @@ class Batches:
 
     def usable(self, item: Item) -> bool:
         """Plan-time check from the header: False (and recorded) if unreadable, too long or without text."""
-        if not item.text.strip():
+        if not item.text.strip() and not item.no_speech:
             self.skips.add(item.id, "empty_text", "empty transcript")
             return False
         try:

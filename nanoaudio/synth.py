@@ -12,6 +12,7 @@ The tiny preset trains on it and the tests transcribe it, so it must be varied a
     python -m nanoaudio.synth "three one four" -o three.wav        # one utterance (16 kHz wav)
     python -m nanoaudio.synth --dataset data/digits -n 100 --kind digits --seed 1
     python -m nanoaudio.synth --dataset data/paused -n 100 --pauses 0.5     # half of them with pauses
+    python -m nanoaudio.synth --dataset data/noisy -n 100 --non-speech 0.1 --surround 0.1   # what to leave empty
 
 `make_dataset` writes FLAC files plus a JSONL manifest ({"audio", "text", "seconds"}), the format nanoaudio.data
 reads, so training on synthetic speech runs through the same loader as training on LibriSpeech.
@@ -156,6 +157,13 @@ def speak_words(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 5
 NON_SPEECH_KINDS = ["white", "pink", "brown", "tone", "chord", "hum", "clicks", "notes", "scrambled"]
 MUSIC_KINDS = ["chord", "notes"]
 LEVEL_DB = (-45.0, -15.0)  # RMS level of a non-speech clip, dB below full scale (speech here is about -20 dB)
+# make_dataset's non-speech clips and the beds around its surrounded speech. A window sample.py cuts is at most
+# 4 s (tiny.WINDOW_SECONDS), so the clips are about a window long, and the bed around speech is short enough
+# that the whole stays under the tiny preset's 8 s limit; tests/bench/measure_words.py holds its clips out with
+# other seeds, lengths, levels and two kinds summed.
+TRAIN_NON_SPEECH_SECONDS = (0.5, 4.5)
+TRAIN_AROUND_SECONDS = (0.2, 1.5)
+TRAIN_BED_DB = (-45.0, -20.0)
 NOISE_EXPONENT = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f^exponent
 
 
@@ -291,19 +299,25 @@ def random_utterance(rng: random.Random, text: str, all_voices: list[str], noise
 
 
 def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=None, noise: float = 0.3,
-                 pauses: float = 0.0, sentences: float = 0.5) -> Path:
+                 pauses: float = 0.0, sentences: float = 0.5, non_speech: float = 0.0, surround: float = 0.0) -> Path:
     """Write n utterances as FLAC + manifest.jsonl into `folder` -> the manifest's path.
 
     `noise`, `pauses`: the share of utterances with added noise, with silences between phrases (random_utterance).
     `sentences`: kind "mixed", the share of random sentences (the rest are digit strings).
-    Idempotent: a folder already holding a dataset made with the same (n, kind, seed, noise, pauses, sentences)
-    is reused.
+    `non_speech`: the share of clips with nobody speaking (random_non_speech, one kind): the empty transcript,
+    and `"no_speech": true` in the manifest, which nanoaudio.data needs to keep a row whose text is empty.
+    `surround`: the share of the spoken utterances with noise or music before, under and after them (surrounded).
+    A model that never heard either writes words on anything it is given (issue 27: 204 invented words on 24
+    clips of noise and music).
+    Idempotent: a folder already holding a dataset made with the same recipe (every argument but `exclude`) is
+    reused.
     `exclude`: a manifest (or an iterable of texts) whose texts must not occur here: held-out sets use it so
     that no evaluation string was ever heard in training. Written atomically (load.atomic_dir).
     """
     import soundfile as sf
 
-    for name, share in (("noise", noise), ("pauses", pauses), ("sentences", sentences)):
+    for name, share in (("noise", noise), ("pauses", pauses), ("sentences", sentences), ("non_speech", non_speech),
+                        ("surround", surround)):
         if not 0 <= share <= 1:
             raise NanoaudioError(f"{name} is a share of the utterances, in [0, 1]: got {share}")
     if isinstance(exclude, (str, Path)) and not Path(exclude).is_file():
@@ -311,6 +325,8 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     folder = Path(folder)
     manifest, recipe = folder / "manifest.jsonl", {"n": n, "kind": kind, "seed": seed, "noise": noise,
                                                      "pauses": pauses, "sentences": sentences}
+    if non_speech or surround:  # (absent when 0: the folders made before they existed are still reused)
+        recipe |= {"non_speech": non_speech, "surround": surround}
     check_dataset_folder(folder)
     if manifest.exists() and (folder / "recipe.json").is_file() and _read_recipe(folder) == recipe:
         return manifest
@@ -321,11 +337,19 @@ def make_dataset(folder, n: int, kind: str = "mixed", seed: int = 0, exclude=Non
     with atomic_dir(folder) as tmp:  # a killed run leaves no half dataset that a later one would reuse
         rows = []
         for i in range(n):
+            name = f"{i:06d}.flac"
+            if non_speech and rng.random() < non_speech:  # (no draw at share 0: older datasets stay the same)
+                wave, how = random_non_speech(rng.getrandbits(31), TRAIN_NON_SPEECH_SECONDS)
+                sf.write(tmp / name, wave.numpy(), SAMPLE_RATE, subtype="PCM_16")
+                rows.append({"audio": name, "text": "", "no_speech": True} | how)
+                continue
             text = random_text(rng, kind, words, sentences)
             while text in banned:
                 text = random_text(rng, kind, words, sentences)
             wave, how = random_utterance(rng, text, all_voices, noise, pauses)
-            name = f"{i:06d}.flac"
+            if surround and rng.random() < surround:
+                wave, how["surround"] = surrounded(wave, rng.getrandbits(31), around=TRAIN_AROUND_SECONDS,
+                                                   levels=TRAIN_BED_DB)
             sf.write(tmp / name, wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
             rows.append({"audio": name, "text": text, "seconds": round(len(wave) / SAMPLE_RATE, 4)} | how)
         (tmp / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -378,6 +402,10 @@ def main(argv=None):
                    help="--dataset share of utterances spoken as phrases with silences between them, 0..1")
     p.add_argument("--sentences", type=fraction, default=0.5,
                    help="--dataset --kind mixed: share of random sentences, 0..1")
+    p.add_argument("--non-speech", type=fraction, default=0.0,
+                   help="--dataset share of clips with nobody speaking (noise, tones, music...; empty transcript)")
+    p.add_argument("--surround", type=fraction, default=0.0,
+                   help="--dataset share of utterances with noise or music before, under and after the speech")
     p.add_argument("--exclude", help="--dataset: a manifest (e.g. the training set's) whose texts must not occur, "
                                      "for a held-out set")
     args = p.parse_args(argv)
@@ -387,7 +415,7 @@ def main(argv=None):
         print("\n".join(voices()))
     elif args.dataset:
         print(make_dataset(args.dataset, args.n, args.kind, args.seed, args.exclude, pauses=args.pauses,
-                           sentences=args.sentences))
+                           sentences=args.sentences, non_speech=args.non_speech, surround=args.surround))
     elif args.text:
         import soundfile as sf
 
