@@ -190,6 +190,25 @@ def test_malformed_jsonl_names_the_line(tmp_path):
         assert f"{tmp_path / name}{where}" in str(e.value)
 
 
+def test_no_speech_rows_keep_their_empty_text(tmp_path):
+    """A clip marked no_speech is kept with its empty transcript (the target: nothing); an unmarked empty text
+    is a mistake and skipped; the mark is checked."""
+    for i in range(3):
+        write_audio(tmp_path / f"a{i}.wav", 0.3, seed=i)
+    rows = [{"audio": "a0.wav", "text": "words"}, {"audio": "a1.wav", "text": "", "no_speech": True},
+            {"audio": "a2.wav", "text": ""}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = open_dataset(str(tmp_path / "m.jsonl"))
+    assert [ex.text for ex in ds] == ["words", ""] and ds.skipped == {"empty_text": 1}
+    batch = next(iter(Batches(ds, batch_size=2, seed=0)))
+    assert sorted(ex.text for ex in batch) == ["", "words"]
+    for bad in ({"audio": "a1.wav", "text": "words", "no_speech": True},
+                {"audio": "a1.wav", "text": "", "no_speech": 1}):
+        (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
+        with pytest.raises(NanoaudioError, match=r'bad.jsonl:1: "no_speech" must be true'):
+            open_dataset(str(tmp_path / "bad.jsonl"))
+
+
 def test_missing_or_unknown_paths(tmp_path):
     for spec in (tmp_path / "nope.jsonl", tmp_path / "nope", tmp_path / "nope.parquet"):
         with pytest.raises(NanoaudioError, match="no such file or folder") as e:

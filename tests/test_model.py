@@ -205,6 +205,22 @@ def test_ctc_loss_trains_the_tiny_encoder():
     assert model.decoder.model.embed_tokens.weight.grad.abs().sum() > 0  # from scratch: the decoder trains too
 
 
+def test_an_empty_transcript_trains_the_end_token_and_all_blanks():
+    """Non-speech clips (issue 27) carry the empty transcript: the decoder's one label is the end token and the
+    CTC head's target is blank on every frame (its loss: minus the sum of the blank log-probabilities)."""
+    args = train.parse_args(["--preset", "tiny"])
+    torch.manual_seed(0)
+    model = train.build_model(args, torch.device("cpu")).train(False)
+    _, _, labels = build_prompt(model.tokenizer, model.family, 7, "")
+    assert [t for t in labels if t != IGNORE] == [model.tokenizer.eot_id]
+    wave, mask = batch_audio(waves([1.0, 0.8]))
+    out = model(wave, mask, ["", "one two"])
+    assert all(torch.isfinite(out[k]).all() for k in ("loss", "lm_loss", "ctc_loss", "per_sample"))
+    frames, frame_mask = model.encode_frames(wave, mask)
+    blank = model.encoder.ctc_logits(frames).float().log_softmax(-1)[0, :int(frame_mask[0].sum()), 0]
+    torch.testing.assert_close(model.ctc_loss(frames[:1], frame_mask[:1], [""]), -blank.sum())
+
+
 def test_load_rejects_folders_that_are_not_checkpoints(tmp_path):
     with pytest.raises(NanoaudioError, match="config.json"):
         ASRModel.load(tmp_path)

@@ -129,3 +129,32 @@ def test_cli_dataset_leaves_out_the_excluded_manifests_texts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nanoaudio.synth", "--dataset", str(tmp_path / "bad"),
                         "--exclude", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
     assert r.returncode == 1 and "missing.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_non_speech_and_surrounded_speech_in_a_dataset(tmp_path):
+    m = synth.make_dataset(tmp_path / "n", 30, kind="sentences", seed=4, noise=0.0, non_speech=0.3, surround=0.5)
+    rows = [json.loads(line) for line in open(m)]
+    quiet = [r for r in rows if r.get("no_speech")]
+    around = [r for r in rows if "surround" in r]
+    assert 3 <= len(quiet) <= 16 and 3 <= len(around) <= len(rows) - len(quiet)  # 9 and ~10 expected
+    lo, hi = synth.TRAIN_NON_SPEECH_SECONDS
+    for r in quiet:  # nobody speaks: the empty transcript, a clip of the drawn kind, as long as the manifest says
+        assert r["text"] == "" and r["kinds"][0] in synth.NON_SPEECH_KINDS and lo <= r["seconds"] <= hi
+        assert load_audio(m.parent / r["audio"]).abs().max() > 0
+    for r in around:  # the bed is there before and after the speech: the clip is longer than the speech by both
+        wave, s = load_audio(m.parent / r["audio"]), r["surround"]
+        assert r["text"] and all(synth.TRAIN_AROUND_SECONDS[0] <= s[k] <= synth.TRAIN_AROUND_SECONDS[1]
+                                 for k in ("before_s", "after_s"))
+        assert wave[:int(s["before_s"] * SAMPLE_RATE)].abs().max() > 0
+        assert len(wave) / SAMPLE_RATE > s["before_s"] + s["after_s"] + 0.3
+    # the loader keeps the marked clips (their empty text is the target) and a share 0 draws nothing new
+    from nanoaudio.data import open_dataset
+
+    assert sorted(ex.text for ex in open_dataset(str(m))) == sorted(r["text"] for r in rows)
+    plain = synth.make_dataset(tmp_path / "p", 30, kind="sentences", seed=4, noise=0.0)
+    same = synth.make_dataset(tmp_path / "z", 30, kind="sentences", seed=4, noise=0.0, non_speech=0.0, surround=0.0)
+    assert [json.loads(line)["text"] for line in open(plain)] == [json.loads(line)["text"] for line in open(same)]
+    assert json.loads((plain.parent / "recipe.json").read_text()).keys() == {"n", "kind", "seed", "noise", "pauses",
+                                                                            "sentences"}
+    with pytest.raises(NanoaudioError, match="non_speech is a share"):
+        synth.make_dataset(tmp_path / "bad", 2, non_speech=2.0)
