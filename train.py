@@ -98,6 +98,9 @@ def build_parser():
     a("--eval-samples", default=200, type=positive_int, help="held-out utterances per evaluation (greedy)")
     a("--save-every", default=500, type=non_negative_int, help="write OUT/last every N steps (0: only at the end)")
     a("--resume", default=None, help="checkpoint folder to continue exactly (e.g. out/run/last); its settings apply")
+    a("--init", default=None, help="fine-tune a saved model: its weights, architecture and tokenizer (a train.py "
+      "checkpoint or an exported model, e.g. nanoaudio/assets/tiny-asr) replace the model flags; the optimizer, "
+      "schedule and data start fresh (unlike --resume)")
     # the machine
     a("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     a("--precision", default="bf16", choices=["auto", "bf16", "fp32"], help="bf16 (autocast, frozen weights "
@@ -459,10 +462,12 @@ def main(argv=None):
     np.random.seed(args.seed)
 
     # the model, the data, the optimizer; a resumed run takes all three back from its checkpoint
-    if args.resume:
+    if args.resume and args.init:
+        raise NanoaudioError("--resume continues a run, --init starts a new one from a model's weights: pass one")
+    if args.resume or args.init:
         from nanoaudio.model import ASRModel
 
-        model = ASRModel.load(args.resume, device=device)
+        model = ASRModel.load(args.resume or args.init, device=device)
     else:
         model = build_model(args, device)
     model.decoder.gradient_checkpointing = args.grad_checkpointing

@@ -389,6 +389,22 @@ def test_resume_needs_a_training_checkpoint(run_a, tmp_path):
             run_main(["--resume", folder])
 
 
+def test_init_fine_tunes_a_saved_models_weights_with_a_fresh_run(run_a, data, tmp_path):
+    """--init: a model folder's weights (here an exported one, no trainer state) start a new run: step 1 of its
+    own schedule, the same architecture, weights that moved from the saved ones by one small step."""
+    ASRModel.load(run_a / "last").save(tmp_path / "model")  # model files only, like nanoaudio/assets/tiny-asr
+    run_main([*FAST, "--init", tmp_path / "model", "--data", data, "--out", tmp_path / "ft", "--steps", 1,
+              "--encoder-first", 0, "--easy-steps", 0, "--lr", 1e-5, "--warmup", 0])
+    assert trainer_state(tmp_path / "ft" / "last")["step"] == 1
+    start, after = load_file(tmp_path / "model" / "model.safetensors"), load_file(tmp_path / "ft" / "last" /
+                                                                                  "model.safetensors")
+    assert start.keys() == after.keys()
+    moved = [n for n in start if not torch.equal(start[n], after[n])]
+    assert moved and all((start[n] - after[n]).abs().max() < 1e-3 for n in start)  # AdamW: |step| <= lr x 1.0
+    with pytest.raises(NanoaudioError, match="--resume continues a run, --init starts a new one"):
+        run_main(["--resume", run_a / "last", "--init", tmp_path / "model"])
+
+
 # -----------------------------------------------------------------------------
 # the schedule and the progress bar
 

@@ -198,11 +198,12 @@ def main():
     p.add_argument("--beams", type=int, default=8)
     p.add_argument("--no-lag", action="store_true", help="timestamps: without align.CTC_LAG_SECONDS (to measure it)")
     p.add_argument("--mix", default="dev", choices=["dev", "test"], help="no-speech: which generator mix")
+    p.add_argument("--checkpoint", default=None, help="a model folder (default: the bundled model)")
     args = p.parse_args()
     from nanoaudio.model import ASRModel
     from nanoaudio.tiny import BUNDLED
 
-    model = ASRModel.load(BUNDLED)
+    model = ASRModel.load(args.checkpoint or BUNDLED)
     if args.no_lag:
         import nanoaudio.align
 
