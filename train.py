@@ -3,8 +3,12 @@ Train a nanoaudio speech recognizer: HuBERT (frozen) -> AudioProjector -> LoRA-t
 
 CPU, no downloads: the tiny preset synthesizes speech with espeak-ng and trains every part from scratch
     python train.py --preset tiny --minutes 10
-The bundled model (57 minutes on 2 cores, then `python -m nanoaudio.tiny export out/tiny/last`):
-    python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3
+The bundled model (about 90 minutes on 2 cores; the README's results section has the exports between them):
+    python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3 \
+        --synth-non-speech 0 --synth-surround 0
+    python train.py --preset tiny --init out/tiny-52 --out out/tiny-ft --minutes 25 --lr 5e-4 --encoder-first 0 \
+        --easy-steps 0 --synth-sentences 0.9
+Fine-tune a saved model (the bundled one, or your own) on your data: --init FOLDER
 
 One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder and decoder frozen):
     python train.py --decoder smollm3-3b --data /data/LibriSpeech/train-clean-100 \\
@@ -72,6 +76,10 @@ def build_parser():
     a("--easy-steps", default=0, type=non_negative_int, help="steps on --easy-data before --data (0: no curriculum)")
     a("--synth-sentences", default=0.5, type=fraction, help="the tiny preset's synthetic training utterances: the "
       "share of sentences, the rest digit strings (the bundled model: 0.9)")
+    a("--synth-non-speech", default=0.06, type=fraction, help="the tiny preset's synthetic clips where nobody "
+      "speaks (noise, tones, music...; the empty transcript), as a share of all (the previously bundled model: 0)")
+    a("--synth-surround", default=0.06, type=fraction, help="the tiny preset's spoken utterances with noise or "
+      "music around and under them, as a share (the previously bundled model: 0)")
     a("--max-audio-seconds", default=20.0, type=positive_float, help="skip training utterances longer than this")
     # the run and its schedule
     a("--out", default="out/run", help="output folder (checkpoints in OUT/last, log.jsonl, loss.png)")
@@ -276,7 +284,8 @@ def build_data(args, model, rank, world):
         if rank > 0:
             dist.barrier()
         args.data, easy, args.eval_data = tiny_data(Path(args.out).parent / "tiny-data", seed=args.seed,
-                                                    sentences=args.synth_sentences)
+                                                    sentences=args.synth_sentences,
+                                                    non_speech=args.synth_non_speech, surround=args.synth_surround)
         args.easy_data = args.easy_data or easy
         if rank == 0 and world > 1:
             dist.barrier()

@@ -33,7 +33,8 @@ BOUNDARY = CTC_VOCAB.index("|")  # the word boundary label
 # The CTC head emits a character a little after its sound begins. Measured on dev sentences (seeds 500-529, never
 # the tests' or the held-out report's; `python tests/bench/measure_words.py timestamps --seeds 500 30 --no-lag`),
 # bundled model, 8 beams, espeak-ng's word events as the truth: start error median +29 ms, mean +28 ms (185 words
-# it got right; the long file of the same sentences: +29 / +30 ms). So every time moves 29 ms earlier.
+# it got right; the long file of the same sentences: +29 / +30 ms). So every time moves 29 ms earlier. The model
+# bundled since, trained with non-speech too, measured the same: +29 / +27 ms (205 words; long file +29 / +28).
 CTC_LAG_SECONDS = 0.029
 
 

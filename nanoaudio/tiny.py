@@ -150,14 +150,17 @@ def build_tiny(args, device):
     return ASRModel(encoder, projector, decoder, tokenizer, config).to(device)
 
 
-def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, sentences: float = 0.5):
+def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, sentences: float = 0.5,
+              non_speech: float = NON_SPEECH, surround: float = SURROUND):
     """Synthesize (once) the preset's training set and two held-out sets -> (train, easy, evals) data specs.
 
-    36,000 training utterances, a share `sentences` of them random sentences and the rest digit strings (half:
-    21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; 0.9, the bundled model's: 23.0 hours, 5.0
-    minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
-    transcripts. `easy` is a manifest of its digit strings alone: the decoder's first steps (the curriculum,
-    train.py --easy-steps).
+    36,000 training utterances, a share `sentences` of the spoken ones random sentences and the rest digit strings
+    (half: 21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; 0.9, the bundled model's: 23.0 hours,
+    5.0 minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
+    transcripts. A share `non_speech` of the clips has nobody speaking and `surround` of the spoken ones noise
+    or music around them (NON_SPEECH, SURROUND: at 0.9 sentences, 2199 and 2110 clips, 24.1 hours in all, about
+    6.5 minutes to synthesize). `easy` is a manifest of its digit strings alone: the decoder's first steps (the
+    curriculum, train.py --easy-steps).
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's
     `exclude`), spoken by voices/rates/pitches drawn from all of espeak-ng's variants.
     """
@@ -165,7 +168,7 @@ def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, se
 
     folder = Path(folder)
     train = make_dataset(folder / "train", n_train, kind="mixed", seed=seed, pauses=PAUSES, sentences=sentences,
-                         non_speech=NON_SPEECH, surround=SURROUND)
+                         non_speech=non_speech, surround=surround)
     evals = [make_dataset(folder / f"eval-{kind}", n_eval, kind=kind, seed=10_000 + seed + i, exclude=train)
              for i, kind in enumerate(("digits", "sentences"))]
     return str(train), str(digit_strings(train)), ",".join(str(e) for e in evals)

@@ -27,8 +27,8 @@ pytest.importorskip("espeakng_loader")
 from nanoaudio import synth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_DIGIT_WER = 0.15  # on 200 held-out strings: 0.76 %, greedy 1.19 % (README); the margin is for 12 utterances
-MAX_SENTENCE_WER = 0.15  # issue #5's target; 8 beams: 9.07 % on 200 held-out sentences (README), 9.2 % on these 24
+MAX_DIGIT_WER = 0.15  # on 200 held-out strings: 0.25 %, greedy 0.76 % (README); the margin is for 12 utterances
+MAX_SENTENCE_WER = 0.15  # issue #5's target; 8 beams: 6.05 % on 200 held-out sentences (README)
 UTTERANCES = {  # name -> (text, voice, rate, pitch)
     "a": ("three one four one five", "en-us", 160, 50),
     "b": ("seven two nine", "en+m3", 170, 45),

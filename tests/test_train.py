@@ -342,16 +342,17 @@ def test_tiny_preset_synthesizes_the_share_of_sentences_it_is_given(tmp_path, mo
 
     asked = []
 
-    def fake_tiny_data(folder, seed, sentences):
-        asked.append((Path(folder), seed, sentences))
+    def fake_tiny_data(folder, seed, sentences, non_speech, surround):
+        asked.append((Path(folder), seed, sentences, non_speech, surround))
         raise NanoaudioError("stop here")
 
     monkeypatch.setattr(nanoaudio.tiny, "tiny_data", fake_tiny_data)
-    for flags, share in (([], 0.5), (["--synth-sentences", "0.75"], 0.75)):
+    for flags, shares in (([], (0.5, 0.06, 0.06)), (["--synth-sentences", "0.75"], (0.75, 0.06, 0.06)),
+                          (["--synth-non-speech", "0", "--synth-surround", "0.1"], (0.5, 0.0, 0.1))):
         args = train.parse_args(["--preset", "tiny", "--out", str(tmp_path / "run"), "--seed", "3", *flags])
         with pytest.raises(NanoaudioError, match="stop here"):
             train.build_data(args, None, 0, 1)
-        assert asked.pop() == (tmp_path / "tiny-data", 3, share)
+        assert asked.pop() == (tmp_path / "tiny-data", 3, *shares)
 
 
 def test_encoder_first_must_be_a_share_of_the_run(data, tmp_path, capsys):
