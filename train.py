@@ -4,10 +4,9 @@ Train a nanoaudio speech recognizer: HuBERT (frozen) -> AudioProjector -> LoRA-t
 CPU, no downloads: the tiny preset synthesizes speech with espeak-ng and trains every part from scratch
     python train.py --preset tiny --minutes 10
 The bundled model (about 90 minutes on 2 cores; the README's results section has the exports between them):
-    python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3 \
-        --synth-non-speech 0 --synth-surround 0
+    python train.py --preset tiny --minutes 52 --synth-sentences 0.9 --rejoin-lr-scale 0.3 --encoder-first 0.3
     python train.py --preset tiny --init out/tiny-52 --out out/tiny-ft --minutes 25 --lr 5e-4 --encoder-first 0 \
-        --easy-steps 0 --synth-sentences 0.9
+        --easy-steps 0 --synth-sentences 0.9 --synth-non-speech 0.06 --synth-surround 0.06
 Fine-tune a saved model (the bundled one, or your own) on your data: --init FOLDER
 
 One GPU, the course's recipe on LibriSpeech (projector + LoRA trained; encoder and decoder frozen):
@@ -76,10 +75,11 @@ def build_parser():
     a("--easy-steps", default=0, type=non_negative_int, help="steps on --easy-data before --data (0: no curriculum)")
     a("--synth-sentences", default=0.5, type=fraction, help="the tiny preset's synthetic training utterances: the "
       "share of sentences, the rest digit strings (the bundled model: 0.9)")
-    a("--synth-non-speech", default=0.06, type=fraction, help="the tiny preset's synthetic clips where nobody "
-      "speaks (noise, tones, music...; the empty transcript), as a share of all (the previously bundled model: 0)")
-    a("--synth-surround", default=0.06, type=fraction, help="the tiny preset's spoken utterances with noise or "
-      "music around and under them, as a share (the previously bundled model: 0)")
+    a("--synth-non-speech", default=0.0, type=fraction, help="the tiny preset's synthetic clips where nobody "
+      "speaks (noise, tones, music...; the empty transcript), as a share of all (the bundled model's fine-tune: "
+      "0.06; a 10-minute run from scratch learns far less speech with them)")
+    a("--synth-surround", default=0.0, type=fraction, help="the tiny preset's spoken utterances with noise or "
+      "music around and under them, as a share (the bundled model's fine-tune: 0.06)")
     a("--max-audio-seconds", default=20.0, type=positive_float, help="skip training utterances longer than this")
     # the run and its schedule
     a("--out", default="out/run", help="output folder (checkpoints in OUT/last, log.jsonl, loss.png)")

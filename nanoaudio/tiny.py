@@ -62,11 +62,6 @@ WINDOW_SECONDS = 4.0  # about the longest utterance in its training data: sample
 # of a long recording start, end and pause between phrases, and a model that never heard a pause drops the
 # words after it (measured on the long-file test of tests/test_sample.py: WER 0.125-0.50 without them, 0 with)
 PAUSES = 0.25
-# 6 % of the training clips are noise, tones, hum, clicks or music with the empty transcript, and 6 % of the
-# spoken ones have noise or music before, under and after them (synth.make_dataset). Without them, 24 held-out
-# non-speech clips gave 204 invented words and speech surrounded by noise a WER of 218 % (issue 27).
-NON_SPEECH = 0.06
-SURROUND = 0.06
 VOCAB_SIZE = 1024  # BPE merges enough that nearly every vocabulary word is one token
 
 
@@ -151,16 +146,17 @@ def build_tiny(args, device):
 
 
 def tiny_data(folder, seed: int = 0, n_train: int = 36000, n_eval: int = 200, sentences: float = 0.5,
-              non_speech: float = NON_SPEECH, surround: float = SURROUND):
+              non_speech: float = 0.0, surround: float = 0.0):
     """Synthesize (once) the preset's training set and two held-out sets -> (train, easy, evals) data specs.
 
     36,000 training utterances, a share `sentences` of the spoken ones random sentences and the rest digit strings
     (half: 21.3 hours of speech, 4.9-5.8 minutes to synthesize on 2 cores; 0.9, the bundled model's: 23.0 hours,
     5.0 minutes): a 52-minute run sees each about 2.7-2.9 times, so the decoder cannot get by on memorized
     transcripts. A share `non_speech` of the clips has nobody speaking and `surround` of the spoken ones noise
-    or music around them (NON_SPEECH, SURROUND: at 0.9 sentences, 2199 and 2110 clips, 24.1 hours in all, about
-    6.5 minutes to synthesize). `easy` is a manifest of its digit strings alone: the decoder's first steps (the
-    curriculum, train.py --easy-steps).
+    or music around them (synth.make_dataset; the bundled model's fine-tune, 0.06 each at 0.9 sentences: 2199
+    and 2110 clips, 24.1 hours in all, about 6.5 minutes to synthesize. Without them, 24 held-out non-speech clips
+    gave 204 invented words and speech surrounded by noise a WER of 218 %: issue 27). `easy` is a manifest of its
+    digit strings alone: the decoder's first steps (the curriculum, train.py --easy-steps).
     Held-out utterances use other seeds and strings that never occur in training (synth.make_dataset's
     `exclude`), spoken by voices/rates/pitches drawn from all of espeak-ng's variants.
     """

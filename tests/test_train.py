@@ -347,7 +347,7 @@ def test_tiny_preset_synthesizes_the_share_of_sentences_it_is_given(tmp_path, mo
         raise NanoaudioError("stop here")
 
     monkeypatch.setattr(nanoaudio.tiny, "tiny_data", fake_tiny_data)
-    for flags, shares in (([], (0.5, 0.06, 0.06)), (["--synth-sentences", "0.75"], (0.75, 0.06, 0.06)),
+    for flags, shares in (([], (0.5, 0.0, 0.0)), (["--synth-sentences", "0.75"], (0.75, 0.0, 0.0)),
                           (["--synth-non-speech", "0", "--synth-surround", "0.1"], (0.5, 0.0, 0.1))):
         args = train.parse_args(["--preset", "tiny", "--out", str(tmp_path / "run"), "--seed", "3", *flags])
         with pytest.raises(NanoaudioError, match="stop here"):
