@@ -32,7 +32,7 @@ from nanoaudio.audio import SAMPLE_RATE
 from nanoaudio.cli import check_device, fraction, positive_int, run_cli
 from nanoaudio.decoding import (BEAMS, CTC_RESCORE, MIN_WINDOW_SECONDS, MIN_WORD_PROBABILITY, NO_SPEECH_THRESHOLD,
                                  DecodingOptions, transcribe_full)
-from nanoaudio.load import DTYPE_CHOICES
+from nanoaudio.load import DTYPE_CHOICES, atomic_file
 from nanoaudio.tiny import BUNDLED  # the bundled tiny model (nanoaudio/assets/tiny-asr)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
@@ -294,7 +294,8 @@ def main(argv=None):
     if args.format in SUBTITLES and len(items) > 1 and args.output_dir is None:
         raise NanoaudioError(f"--format {args.format} of {len(items)} files: give --output-dir DIR to write one "
                              f"file each")
-    options = options_from(args, 1 if args.stream else args.batch_size)
+    batch_size = 1 if args.stream else args.batch_size  # streaming shows one file's tokens at a time
+    options = options_from(args, batch_size)
     if options.word_timestamps and model.encoder.lm_head is None:
         print("nanoaudio: this checkpoint's encoder has no CTC head: word times are its windows' times, shared "
               "out by word length (segment-level)", file=sys.stderr)
@@ -302,7 +303,6 @@ def main(argv=None):
         args.output_dir.mkdir(parents=True, exist_ok=True)
 
     # one batch of files at a time: read, transcribe, print, so memory holds one batch, not the whole folder
-    batch_size = 1 if args.stream else args.batch_size  # streaming shows one file's tokens at a time
     failed = 0
     for i in range(0, len(items), batch_size):
         group = []
@@ -326,21 +326,23 @@ def main(argv=None):
             elif args.output_dir is not None:
                 name = "stdin" if item == "-" else Path(item).stem
                 path = args.output_dir / f"{name}.{args.format}"
-                path.write_text(render(result, item, dt, args) + ("\n" if args.format in ("txt", "json") else ""))
+                with atomic_file(path) as tmp:  # killed mid-write: the old file or none, never half a one
+                    tmp.write_text(render(result, item, dt, args))
                 print(path, flush=True)
             elif args.format == "txt" and len(items) > 1:
                 print(f"{item}\t{result.text}", flush=True)
             else:
-                print(render(result, item, dt, args), end="\n" if args.format in ("txt", "json") else "", flush=True)
+                print(render(result, item, dt, args), end="", flush=True)
     return 1 if failed else 0
 
 
 def render(result, item, dt, args) -> str:
-    """One file's Result in args.format: the text, a JSON object on one line, or subtitles."""
+    """One file's Result in args.format, as a file holds it: the text or a JSON object on one line (with its
+    newline), or subtitles (their writers end every cue with a blank line)."""
     from nanoaudio.subtitles import WRITERS, cues
 
     if args.format == "txt":
-        return result.text
+        return result.text + "\n"
     if args.format == "json":
         record = {"path": item, "text": result.text, "audio_seconds": round(result.duration, 3),
                   "compute_seconds": round(dt, 4), "rtf": round(dt / result.duration, 5),
@@ -349,7 +351,7 @@ def render(result, item, dt, args) -> str:
         if args.word_timestamps:
             record["words"] = [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
                                for w in result.words]
-        return json.dumps(record)
+        return json.dumps(record) + "\n"
     return WRITERS[args.format](cues(result.words, args.max_line_width, duration=result.duration))
 
 

@@ -204,13 +204,12 @@ def stitch(texts: list[str] | list[list[Word]], shares=None) -> str | list[Word]
         tail = words[len(words) - prev:]  # the previous window's words: the overlap is inside them
         share_prev, share_next = shares[k] if shares is not None else (1.0, 1.0)
         last = math.ceil(share_prev * len(tail)) + 1  # the overlap's words are among the previous window's last
-        first = math.ceil(share_next * len(nxt)) + 1  # ... and the next window's first
+        first = min(len(nxt), math.ceil(share_next * len(nxt)) + 1)  # ... and the next window's first
         best = None  # (run length, -distance to the seam, i, j)
         for i in range(max(0, len(tail) - last), len(tail)):
-            for j in range(min(len(nxt), first)):
+            for j in range(first):
                 n = 0
-                while (i + n < len(tail) and j + n < min(len(nxt), first) and
-                       tail[i + n].word == nxt[j + n].word):
+                while i + n < len(tail) and j + n < first and tail[i + n].word == nxt[j + n].word:
                     n += 1
                 if n:
                     key = (n, -((len(tail) - i - n) + j), i, j)

@@ -155,7 +155,6 @@ def speak_words(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 5
 # non-speech: what a recognizer must leave empty (training data with the empty transcript, and its tests)
 
 NON_SPEECH_KINDS = ["white", "pink", "brown", "tone", "chord", "hum", "clicks", "notes", "scrambled"]
-MUSIC_KINDS = ["chord", "notes"]
 LEVEL_DB = (-45.0, -15.0)  # RMS level of a non-speech clip, dB below full scale (speech here is about -20 dB)
 # make_dataset's non-speech clips and the beds around its surrounded speech. A window sample.py cuts is at most
 # 4 s (tiny.WINDOW_SECONDS), so the clips are about a window long, and the bed around speech is short enough

@@ -179,7 +179,7 @@ def digit_strings(manifest) -> Path:
 
     manifest = Path(manifest)
     rows = [line for line in manifest.read_text().splitlines()
-            if json.loads(line)["text"] and set(json.loads(line)["text"].split()) <= set(DIGITS)]
+            if (words := json.loads(line)["text"].split()) and set(words) <= set(DIGITS)]  # not the empty ones
     out = manifest.with_name("digits.jsonl")
     with atomic_file(out) as tmp:  # another DDP rank reading it sees the old file or the whole new one
         tmp.write_text("".join(row + "\n" for row in rows))
